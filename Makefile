@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make up` runs the platform, `make test` tests it.
+# Both bootstrap what they need: uv (from PyPI) in .tools/, then the locked virtualenv.
+
+PYTHON ?= python3
+export UV_PYTHON_DOWNLOADS := never
+
+TOOLS := .tools
+UV := $(TOOLS)/uv/bin/uv
+VENV := .venv
+SYNCED := $(VENV)/.synced
+
+.PHONY: install up test lint clean
+
+install: $(SYNCED)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check 'uv>=0.5,<1'
+
+$(SYNCED): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra embedded --group dev --python $(PYTHON)
+	@touch $@
+
+up: install
+	$(VENV)/bin/datalab up
+
+test: install
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) $(TOOLS)

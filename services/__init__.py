@@ -1,0 +1,1 @@
+"""DataLab: five FastAPI services and RQ workers on the HashiCorp stack."""

@@ -1,0 +1,94 @@
+"""`datalab` command: run the platform, or one service."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+# name -> module with `build_app(settings=None)` and a `<Name>Settings` class
+SERVICES = {
+    "gateway": "datalab.gateway.app",
+    "data": "datalab.data.app",
+}
+
+
+def serve(name: str) -> None:
+    """Run one service with uvicorn (graceful: finishes in-flight requests on SIGTERM)."""
+    import uvicorn
+
+    module = importlib.import_module(SERVICES[name])
+    app = module.build_app()
+    settings = app.state.settings
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our JSON logging is configured by the app factory
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+def up() -> int:
+    """`make up`: the embedded platform in the foreground until Ctrl-C / SIGTERM."""
+    from datalab.devstack.platform import Platform, PlatformConfig
+
+    config = PlatformConfig.from_env()
+    platform = Platform(config)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"DataLab: starting in {config.home} ...", flush=True)
+    try:
+        platform.start()
+        print(
+            "\n".join(
+                [
+                    f"DataLab is up: {platform.base_url}  (Traefik -> {', '.join(config.services)})",
+                    f"  postgres  {platform.postgres.version()} on 127.0.0.1:{config.postgres_port}",
+                    f"  redis     {platform.redis.version().split(' sha=')[0]} on 127.0.0.1:{config.redis_port}",
+                    f"  logs      {platform.logs}/",
+                    f"  admin     user {config.admin_user!r}, password "
+                    + (
+                        f"{platform.admin_password()}  (generated, kept in {config.home / 'admin-password'})"
+                        if platform.admin_password_generated
+                        else ("from DATALAB_ADMIN_PASSWORD" if config.admin_password
+                              else f"in {config.home / 'admin-password'}")
+                    ),
+                    "Ctrl-C stops everything.",
+                ]
+            ),
+            flush=True,
+        )
+        return platform.run_forever()
+    except KeyboardInterrupt:
+        print("\nDataLab: stopping ...", flush=True)
+        return 0
+    finally:
+        platform.stop()
+        print("DataLab: stopped.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="datalab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run the whole platform locally (embedded default)")
+    p_serve = sub.add_parser("serve", help="run one service")
+    p_serve.add_argument("service", choices=sorted(SERVICES))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return up()
+    if args.command == "serve":
+        serve(args.service)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Async SQLAlchemy 2 + asyncpg, with the credential re-read for every new connection.
+
+The URL holds no user or password. A `do_connect` hook reads the current credential from
+the secrets dir each time the pool opens a connection, so when Vault issues a new user
+(Nomad re-renders `secrets/db.json`) the next connection simply uses it. `pool_pre_ping`
+drops connections whose user was revoked; `pool_recycle` bounds how long an old one lives.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from .secrets import SecretStore
+from .settings import BaseServiceSettings
+
+log = logging.getLogger("datalab.db")
+
+
+def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncEngine:
+    engine = create_async_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        pool_recycle=300,
+        pool_timeout=10,
+        connect_args={"timeout": 5, "command_timeout": 60},
+    )
+    last_user: list[str | None] = [None]
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _credential_per_connection(dialect, conn_rec, cargs, cparams):
+        cred = secrets.db_credential(settings.db_user, settings.db_password)
+        if cred.username != last_user[0]:
+            log.info("database credential in use", extra={"db_user": cred.username})
+            last_user[0] = cred.username
+        cparams["user"] = cred.username
+        cparams["password"] = cred.password
+
+    return engine
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
+    """Create the service's schema and tables if missing (idempotent).
+
+    With Vault-issued users, connections run `SET ROLE <service>_owner` (the role's
+    default), so what this creates is owned by the long-lived owner role.
+    """
+    async with engine.begin() as conn:
+        if metadata.schema:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{metadata.schema}"'))
+        await conn.run_sync(metadata.create_all)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

@@ -1,0 +1,67 @@
+"""Settings: one base for every service, read from the environment (prefix DATALAB_).
+
+Nothing reads the environment at import time: a service builds its Settings in its app
+factory, so tests and the launcher can set the environment first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Default listen ports, one per service (DESIGN.md). The static discovery table and the
+# embedded launcher use them unless told otherwise.
+SERVICE_PORTS: dict[str, int] = {
+    "gateway": 8000,
+    "data": 8001,
+    "ai": 8002,
+    "compute": 8003,
+    "viz": 8004,
+}
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every service needs. A service subclasses it and adds its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="DATALAB_", extra="ignore")
+
+    service_name: str = "datalab"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    home: Path = Path(".datalab")
+    log_level: str = "INFO"
+
+    # Secrets: a directory of files (Nomad renders them into the task's secrets/ dir; the
+    # embedded launcher writes them under DATALAB_HOME). Re-read on use, so rotations land.
+    secrets_dir: Path | None = None
+
+    # PostgreSQL: the URL carries no credentials; they come from the secrets dir
+    # (db.json, re-read for every new connection) or from db_user/db_password in dev.
+    database_url: str = "postgresql+asyncpg://127.0.0.1:5432/datalab"
+    db_user: str | None = None
+    db_password: str | None = None
+    db_pool_size: int = 5
+    db_schema: str | None = None
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # JWT: the gateway signs with an Ed25519 private key; every service verifies with the
+    # public key, so no service but the gateway can mint a token.
+    jwt_issuer: str = "datalab-gateway"
+    jwt_audience: str = "datalab"
+
+    # Discovery of the other services: a static table, or Consul's passing instances.
+    discovery: Literal["static", "consul"] = "static"
+    # {"data": ["http://127.0.0.1:8001"], ...}; missing names fall back to SERVICE_PORTS.
+    static_services: dict[str, list[str]] = Field(default_factory=dict)
+    consul_addr: str = "http://127.0.0.1:8500"
+
+    shutdown_grace_seconds: float = 10.0
+
+
+def ensure_dir(path: Path, mode: int = 0o750) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path

@@ -1,0 +1,141 @@
+"""Streamed multipart upload: the file part goes straight to disk, with a size limit.
+
+Starlette's form parser would spool the whole body before our handler runs; parsing the
+stream ourselves lets us stop at the limit and never hold an upload in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from datalab.core.errors import Problem
+
+MAX_FIELD_BYTES = 4096  # plain form fields (the dataset name) are small
+
+
+@dataclass
+class ReceivedFile:
+    path: Path
+    filename: str
+    content_type: str
+    size: int
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, f"The upload exceeds the limit of {limit} bytes.")
+
+
+async def receive_file(request: Request, destination: Path, limit: int, field_name: str = "file") -> ReceivedFile:
+    """Stream the multipart part `field_name` to `destination`. Removes it on any failure."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise Problem(415, "Send the dataset as multipart/form-data with a 'file' part.")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise _too_large(limit)  # refuse before reading a byte
+
+    state = _PartState()
+    out = open(destination, "wb")  # noqa: SIM115 - closed in finally
+    size = 0
+
+    def on_part_begin() -> None:
+        state.reset()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state.header_name += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        state.headers[state.header_name.decode("latin-1").lower()] = state.header_value
+        state.header_name, state.header_value = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(state.headers.get("content-disposition", b""))
+        state.name = disp.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" in disp and state.name == field_name:
+            state.is_file = True
+            state.files_seen += 1
+            if state.files_seen == 1:
+                state.filename = disp[b"filename"].decode("utf-8", "replace")
+                state.content_type = state.headers.get("content-type", b"").decode("latin-1")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        nonlocal size
+        chunk = data[start:end]
+        if state.is_file:
+            if state.files_seen > 1:
+                raise Problem(400, "Send exactly one file part.")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            out.write(chunk)
+        else:
+            state.value += chunk
+            if len(state.value) > MAX_FIELD_BYTES:
+                raise Problem(400, f"Form field {state.name!r} is too long.")
+
+    def on_part_end() -> None:
+        if not state.is_file and state.name:
+            state.fields[state.name] = state.value.decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    ok = False
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+        if state.files_seen == 0:
+            raise Problem(400, f"No file part named {field_name!r} in the upload.")
+        ok = True
+    except Problem:
+        raise
+    except Exception as exc:  # the parser's errors: a broken multipart body
+        raise Problem(400, f"The multipart body is malformed: {type(exc).__name__}.") from None
+    finally:
+        out.close()
+        if not ok:
+            destination.unlink(missing_ok=True)
+    return ReceivedFile(destination, state.filename, state.content_type, size, dict(state.fields))
+
+
+class _PartState:
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.files_seen = 0
+        self.filename = ""  # of the file part (kept across later parts)
+        self.content_type = ""
+        self.reset()
+
+    def reset(self) -> None:
+        self.headers: dict[str, bytes] = {}
+        self.header_name = b""
+        self.header_value = b""
+        self.name = ""
+        self.is_file = False
+        self.value = b""
+
+
+def fsync_replace(src: Path, dst: Path) -> None:
+    """Move a finished file into place atomically (same filesystem)."""
+    with open(src, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(src, dst)

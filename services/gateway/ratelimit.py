@@ -1,0 +1,34 @@
+"""Fixed-window rate limits in Redis, shared by every gateway instance."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: int  # seconds until the window resets (0 when allowed)
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, window_seconds: int = 60):
+        self.redis = client
+        self.window = window_seconds
+
+    async def hit(self, scope: str, key: str, limit: int) -> Verdict:
+        if limit <= 0:  # 0 disables the limit
+            return Verdict(True, 0)
+        window_start = int(time.time()) // self.window * self.window
+        name = f"dl:rl:{scope}:{key}:{window_start}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.expire(name, self.window + 1)
+            count, _ = await pipe.execute()
+        if count > limit:
+            retry_after = max(1, window_start + self.window - int(time.time()))
+            return Verdict(False, retry_after)
+        return Verdict(True, 0)

@@ -1,0 +1,92 @@
+"""Shared fixtures: one real platform (PostgreSQL, Redis, Traefik, services) per session.
+
+It is the same `Platform` that `make up` runs, started on free ports in a temporary home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.servers import free_port
+
+MAX_UPLOAD = 1024 * 1024  # small, so the oversize test is quick
+
+
+@pytest.fixture(scope="session")
+def platform():
+    # Under /tmp with 0755: PostgreSQL runs as an unprivileged user and must reach its dir.
+    home = Path(tempfile.mkdtemp(prefix="datalab-test-"))
+    os.chmod(home, 0o755)
+    names = ["gateway", "data"]
+    config = PlatformConfig(
+        home=home,
+        http_port=free_port(),
+        traefik_ping_port=free_port(),
+        postgres_port=free_port(),
+        redis_port=free_port(),
+        service_ports={n: free_port() for n in names},
+        services=names,
+        admin_password="admin-test-password",
+        extra_env={
+            "DATALAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            # Every test logs in from 127.0.0.1; the per-IP login limit is tested in test_ratelimit.
+            "DATALAB_LOGIN_LIMIT_PER_MINUTE": "100000",
+        },
+    )
+    p = Platform(config)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_url(platform) -> str:
+    return platform.base_url
+
+
+@pytest.fixture(scope="session")
+def http(base_url):
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        yield client
+
+
+def login(http: httpx.Client, username: str, password: str) -> dict:
+    resp = http.post("/api/v1/auth/token", data={"username": username, "password": password})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+@pytest.fixture(scope="session")
+def admin_tokens(http) -> dict:
+    return login(http, "admin", "admin-test-password")
+
+
+@pytest.fixture(scope="session")
+def admin_headers(admin_tokens) -> dict:
+    return {"Authorization": f"Bearer {admin_tokens['access_token']}"}
+
+
+@pytest.fixture(scope="session")
+def user_factory(http, admin_headers):
+    """Create a fresh (non-admin) user; returns (username, password, auth headers)."""
+    counter = iter(range(10_000))
+
+    def make(prefix: str = "user"):
+        name = f"{prefix}{next(counter)}"
+        password = f"{name}-password"
+        resp = http.post("/api/v1/auth/users", json={"username": name, "password": password}, headers=admin_headers)
+        assert resp.status_code == 201, resp.text
+        tokens = login(http, name, password)
+        return name, password, {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    return make
