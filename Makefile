@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test lint clean
+.PHONY: install up test bench clean
 
 install: $(SYNCED)
 
@@ -29,3 +29,6 @@ test: install
 
 clean:
 	rm -rf $(VENV) $(TOOLS)
+
+bench: install
+	@for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done

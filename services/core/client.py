@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
@@ -39,7 +40,7 @@ class _RetryableStatus(Exception):
 @dataclass
 class ServiceResponse:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
     body: bytes
 
     def json(self) -> Any:
@@ -130,4 +131,4 @@ class ServiceClient:
             body = await resp.read()
             if resp.status in RETRY_STATUSES:
                 raise _RetryableStatus(resp.status)
-            return ServiceResponse(resp.status, dict(resp.headers), body)
+            return ServiceResponse(resp.status, CIMultiDict(resp.headers), body)

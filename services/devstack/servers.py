@@ -8,6 +8,7 @@ are root it runs as an unprivileged system user (`postgres` if it exists, else `
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import glob
 import os
 import pwd
@@ -246,7 +247,13 @@ class Postgres:
             finally:
                 await conn.close()
 
-        return asyncio.run(run())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run())
+        # Called from async code (a test): run on a thread with its own loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, run()).result()
 
     def execute(self, statement: str, *args, database: str = "postgres"):
         return self._sql(statement, *args, database=database)
