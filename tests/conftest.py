@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -90,3 +91,13 @@ def user_factory(http, admin_headers):
         return name, password, {"Authorization": f"Bearer {tokens['access_token']}"}
 
     return make
+
+
+def eventually(check, timeout=5.0):
+    """Access lines are written just after the response is sent: give them a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()

@@ -1,11 +1,10 @@
 """The whole flow through Traefik: forwardAuth to the gateway, then the data service."""
 
-import time
 import uuid
 
 import pytest
 
-from conftest import login
+from conftest import eventually, login
 
 pytestmark = pytest.mark.integration
 
@@ -57,12 +56,3 @@ def test_unauthenticated_requests_never_reach_the_data_service(http, platform, h
     # Both markers' requests are done and logged in order; the refused one never arrived.
     assert marker not in data_log.read_text()
 
-
-def eventually(check, timeout=5.0):
-    """The access line is written just after the response is sent: give it a moment."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
