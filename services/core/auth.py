@@ -6,6 +6,8 @@ compromised service cannot mint tokens.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +37,24 @@ def generate_keypair() -> tuple[str, str]:
         .decode()
     )
     return private, public
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """A new API key as (key, prefix, sha256 hex). Keys look like `dlk_<prefix>_<secret>`:
+    the prefix finds the row, the hash of the whole key proves it."""
+    prefix = secrets.token_hex(6)
+    key = f"dlk_{prefix}_{secrets.token_urlsafe(32).replace('_', '-')}"
+    return key, prefix, api_key_hash(key)
+
+
+def api_key_hash(key: str) -> str:
+    # Keys are 256-bit random, so a fast hash is enough (argon2 is for passwords).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_prefix(key: str) -> str | None:
+    parts = key.split("_")
+    return parts[1] if len(parts) == 3 and parts[0] == "dlk" and parts[1] else None
 
 
 @dataclass(frozen=True)

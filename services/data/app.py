@@ -17,9 +17,11 @@ from typing import Annotated
 
 import polars as pl
 from fastapi import APIRouter, FastAPI, Query as QueryParam, Request, Response
+from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
+from datalab.core import events
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.auth import CurrentUser, Principal
 from datalab.core.errors import Problem
@@ -189,6 +191,8 @@ async def delete_dataset(request: Request, dataset_id: str, principal: CurrentUs
         await session.delete(await session.merge(ds))
     _file(request, dataset_id).unlink(missing_ok=True)
     await _invalidate(request, dataset_id)
+    # Services that cache derived results (viz charts) drop theirs on this event.
+    await request.app.state.redis.publish(events.DATASET_DELETED, dataset_id)
     log.info("dataset deleted", extra={"dataset_id": dataset_id})
     return Response(status_code=204)
 
@@ -222,6 +226,18 @@ async def query_dataset(request: Request, dataset_id: str, body: q.Query, princi
         pipe.expire(_cache_index(dataset_id), settings.query_cache_ttl * 2)
         await pipe.execute()
     return Response(result, media_type=JSON, headers={"X-Cache": "miss"})
+
+
+@router.get("/datasets/{dataset_id}/content")
+async def dataset_content(request: Request, dataset_id: str, principal: CurrentUser) -> FileResponse:
+    """The dataset as Parquet: how ai, compute and workers read whole datasets."""
+    ds = await _owned(request, dataset_id, principal)
+    return FileResponse(
+        _file(request, dataset_id),
+        media_type="application/vnd.apache.parquet",
+        filename=f"{ds.id}.parquet",
+        headers={"X-Dataset-Rows": str(ds.rows)},
+    )
 
 
 @router.get("/datasets/{dataset_id}/describe")

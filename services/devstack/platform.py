@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from datalab.core.auth import generate_keypair
+from datalab.core.auth import generate_keypair, new_api_key
 from datalab.core.secrets import write_secret
 from datalab.core.settings import SERVICE_PORTS
 
@@ -148,6 +148,8 @@ class Platform:
         for name in ("redis_password", "db_password"):
             if not (s / name).exists():
                 write_secret(s / name, pysecrets.token_urlsafe(24))
+        if not (s / "service_api_key").exists():
+            write_secret(s / "service_api_key", new_api_key()[0])
         db_password = (s / "db_password").read_text().strip()
         write_secret(s / "db.json", json.dumps({"username": APP_DB_USER, "password": db_password}))
         admin_file = self.config.home / "admin-password"

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import secrets as pysecrets
@@ -26,7 +25,16 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from datalab.core.app import ServiceSpec, create_app
-from datalab.core.auth import AdminUser, CurrentUser, Principal, TokenIssuer, bearer_token
+from datalab.core.auth import (
+    AdminUser,
+    CurrentUser,
+    Principal,
+    TokenIssuer,
+    api_key_hash,
+    api_key_prefix,
+    bearer_token,
+    new_api_key,
+)
 from datalab.core.errors import Problem
 from datalab.core.settings import BaseServiceSettings
 
@@ -49,6 +57,7 @@ class GatewaySettings(BaseServiceSettings):
     rate_limit_ip_per_minute: int = 1200
     login_limit_per_minute: int = 30
     admin_user: str = "admin"
+    service_account: str = "svc-datalab"
 
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -195,14 +204,14 @@ async def verify(
 
 
 async def _api_key_principal(request: Request, key: str) -> Principal:
-    parts = key.split("_")
-    if len(parts) != 3 or parts[0] != "dlk":
+    prefix = api_key_prefix(key)
+    if prefix is None:
         raise Problem(401, "The API key is not valid.")
-    digest = hashlib.sha256(key.encode()).hexdigest()
+    digest = api_key_hash(key)
     async with request.app.state.sessions() as session:
         row = (
             await session.execute(
-                select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == parts[1])
+                select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
             )
         ).first()
     if row is None:
@@ -239,12 +248,8 @@ async def create_user(request: Request, body: UserCreate, _: AdminUser) -> UserO
 async def create_api_key(request: Request, body: ApiKeyCreate, principal: CurrentUser) -> ApiKeyCreated:
     if principal.via != "jwt":
         raise Problem(403, "API keys are created by a logged-in user, not by another API key.")
-    prefix = pysecrets.token_hex(6)
-    key = f"dlk_{prefix}_{pysecrets.token_urlsafe(32).replace('_', '-')}"
-    row = ApiKey(
-        user_id=principal.user_id, name=body.name, prefix=prefix,
-        key_hash=hashlib.sha256(key.encode()).hexdigest(),
-    )
+    key, prefix, digest = new_api_key()
+    row = ApiKey(user_id=principal.user_id, name=body.name, prefix=prefix, key_hash=digest)
     async with request.app.state.sessions() as session, session.begin():
         session.add(row)
     return ApiKeyCreated(id=row.id, name=row.name, prefix=prefix, created_at=row.created_at, key=key)
@@ -274,6 +279,7 @@ async def _startup(app: FastAPI) -> None:
     app.state.token_issuer = TokenIssuer(app.state.secrets, settings.jwt_issuer, settings.jwt_audience)
     app.state.limiter = RateLimiter(app.state.redis)
     await _ensure_admin(app, settings)
+    await _ensure_service_account(app, settings)
 
 
 async def _ensure_admin(app: FastAPI, settings: GatewaySettings) -> None:
@@ -293,6 +299,31 @@ async def _ensure_admin(app: FastAPI, settings: GatewaySettings) -> None:
             .on_conflict_do_nothing(index_elements=[User.username])
         )
     log.info("admin user created", extra={"username": settings.admin_user})
+
+
+async def _ensure_service_account(app: FastAPI, settings: GatewaySettings) -> None:
+    """The platform's own identity (workers act with it, on nobody's behalf): an admin user
+    that cannot log in, holding the API key from the `service_api_key` secret."""
+    key = app.state.secrets.read("service_api_key")
+    prefix = api_key_prefix(key) if key else None
+    if prefix is None:
+        return
+    async with app.state.sessions() as session, session.begin():
+        user_id = await session.scalar(select(User.id).where(User.username == settings.service_account))
+        if user_id is None:
+            user_id = new_id()
+            unusable = hasher.hash(pysecrets.token_urlsafe(32))  # nobody knows it
+            await session.execute(
+                insert(User)
+                .values(id=user_id, username=settings.service_account, password_hash=unusable, is_admin=True)
+                .on_conflict_do_nothing(index_elements=[User.username])
+            )
+            user_id = await session.scalar(select(User.id).where(User.username == settings.service_account))
+        await session.execute(
+            insert(ApiKey)
+            .values(id=new_id(), user_id=user_id, name="platform service key", prefix=prefix, key_hash=api_key_hash(key))
+            .on_conflict_do_update(index_elements=[ApiKey.prefix], set_={"key_hash": api_key_hash(key), "revoked_at": None})
+        )
 
 
 SPEC = ServiceSpec(name="gateway", routers=[router], metadata=Base.metadata, on_startup=[_startup])

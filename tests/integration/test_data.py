@@ -178,3 +178,29 @@ def test_expired_token_is_401(http, platform):
     token, _ = issuer.mint(Principal("u", "u", False), "access", -1)
     resp = http.get("/api/v1/data/datasets", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 401 and "expired" in resp.json()["detail"]
+
+
+def test_content_is_the_dataset_as_parquet(http, owner, user_factory):
+    ds = upload(http, owner, CSV).json()
+    resp = http.get(f"/api/v1/data/datasets/{ds['id']}/content", headers=owner)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/vnd.apache.parquet"
+    frame = pl.read_parquet(io.BytesIO(resp.content))
+    assert frame.shape == (3, 4) and frame["amount"].sum() == 18.0
+    _, _, stranger = user_factory("stranger")
+    assert http.get(f"/api/v1/data/datasets/{ds['id']}/content", headers=stranger).status_code == 404
+
+
+def test_delete_publishes_an_event(http, owner, platform):
+    import redis
+
+    from datalab.core import events
+
+    r = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+    sub = r.pubsub()
+    sub.subscribe(events.DATASET_DELETED)
+    sub.get_message(timeout=2)  # the subscribe confirmation
+    ds = upload(http, owner, CSV).json()
+    assert http.delete(f"/api/v1/data/datasets/{ds['id']}", headers=owner).status_code == 204
+    message = sub.get_message(timeout=5)
+    assert message and message["data"].decode() == ds["id"]
+    sub.close()

@@ -68,3 +68,23 @@ async def test_unknown_service_is_unavailable():
     with pytest.raises(ServiceUnavailable, match="no instance"):
         await client.request("nothing-here", "GET", "/")
     await client.close()
+
+
+async def test_service_identity_exchanges_the_platform_key_for_a_jwt(platform, http, admin_headers):
+    from datalab.core.identity import ServiceIdentity
+    from datalab.core.secrets import SecretStore
+
+    client = ServiceClient(StaticDiscovery({n: [platform.config.url(n)] for n in platform.config.service_ports}))
+    identity = ServiceIdentity(SecretStore(platform.secrets_dir), client)
+    try:
+        token = await identity.token()
+        assert await identity.token() == token  # cached
+        # The service account reads any user's dataset (workers act for many users).
+        created = http.post("/api/v1/data/datasets", headers=admin_headers,
+                            files={"file": ("s.csv", b"a,b\n1,2\n", "text/csv")}).json()
+        resp = await client.request("data", "GET", f"/api/v1/data/datasets/{created['id']}", token=token)
+        assert resp.status == 200
+    finally:
+        await client.close()
+    # ... but the service account cannot log in with a password.
+    assert http.post("/api/v1/auth/token", data={"username": "svc-datalab", "password": ""}).status_code in (401, 422)
