@@ -11,6 +11,9 @@ import sys
 SERVICES = {
     "gateway": "datalab.gateway.app",
     "data": "datalab.data.app",
+    "ai": "datalab.ai.app",
+    "compute": "datalab.compute.app",
+    "viz": "datalab.viz.app",
 }
 
 
@@ -81,7 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="run the whole platform locally (embedded default)")
     p_serve = sub.add_parser("serve", help="run one service")
     p_serve.add_argument("service", choices=sorted(SERVICES))
+    sub.add_parser("worker", help="run an RQ worker for the compute queues")
+
+    from datalab.hashicorp import nomad as nomad_cli
+
+    nomad_cli.add_deploy_arguments(sub.add_parser("deploy", help="parse, plan, register and follow Nomad jobs"))
+    nomad_cli.add_status_arguments(sub.add_parser("status", help="jobs, allocations and Consul health"))
+    p_vault = sub.add_parser("vault", help="Vault/OpenBao set-up")
+    vault_sub = p_vault.add_subparsers(dest="vault_command", required=True)
+    p_boot = vault_sub.add_parser("bootstrap", help="engines, roles, policies, workload identity (idempotent)")
+    try:
+        from datalab.hashicorp import vault as vault_cli
+    except ImportError:  # pragma: no cover - arrives with the Vault bootstrap
+        vault_cli = None
+    if vault_cli is not None:
+        vault_cli.add_arguments(p_boot)
     args = parser.parse_args(argv)
+    if args.command == "deploy":
+        return nomad_cli.run_deploy(args)
+    if args.command == "status":
+        return nomad_cli.run_status(args)
+    if args.command == "vault":
+        return vault_cli.run(args)
+    if args.command == "worker":
+        from datalab.compute.worker import run_worker
+
+        run_worker()
+        return 0
     if args.command == "up":
         return up()
     if args.command == "serve":

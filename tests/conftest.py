@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.platform import DEFAULT_SERVICES, Platform, PlatformConfig
 from datalab.devstack.servers import free_port
 
 MAX_UPLOAD = 1024 * 1024  # small, so the oversize test is quick
@@ -25,7 +25,8 @@ def platform():
     # Under /tmp with 0755: PostgreSQL runs as an unprivileged user and must reach its dir.
     home = Path(tempfile.mkdtemp(prefix="datalab-test-"))
     os.chmod(home, 0o755)
-    names = ["gateway", "data"]
+    # All services by default; DATALAB_TEST_SERVICES=gateway,data,viz narrows it while working on one.
+    names = os.environ.get("DATALAB_TEST_SERVICES", ",".join(DEFAULT_SERVICES)).split(",")
     config = PlatformConfig(
         home=home,
         http_port=free_port(),
@@ -34,6 +35,7 @@ def platform():
         redis_port=free_port(),
         service_ports={n: free_port() for n in names},
         services=names,
+        worker_metrics_port=free_port(),
         admin_password="admin-test-password",
         extra_env={
             "DATALAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),

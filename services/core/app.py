@@ -55,7 +55,7 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
         state.engine = create_engine(settings, secrets) if spec.metadata is not None else None
         state.sessions = sessionmaker(state.engine) if state.engine is not None else None
         state.redis = create_redis(settings, secrets)
-        state.services = ServiceClient(create_discovery(settings))
+        state.services = ServiceClient(create_discovery(settings, secrets))
         try:
             if spec.metadata is not None:
                 await create_schema(state.engine, spec.metadata)

@@ -85,6 +85,7 @@ class ServiceClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.discovery.close()
 
     async def request(
         self,

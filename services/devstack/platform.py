@@ -29,7 +29,7 @@ from .servers import Postgres, Process, Redis, ServerError, tail, traefik_binary
 log = logging.getLogger("datalab.devstack")
 
 # Services `make up` runs, in start order (the gateway first: forwardAuth needs it).
-DEFAULT_SERVICES = ["gateway", "data"]
+DEFAULT_SERVICES = ["gateway", "data", "ai", "compute", "viz"]
 APP_DB = "datalab"
 APP_DB_USER = "datalab"
 # Route prefix of each service behind Traefik; all but the gateway's pass forwardAuth.
@@ -45,6 +45,8 @@ class PlatformConfig:
     redis_port: int = 56379
     service_ports: dict[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
     services: list[str] = field(default_factory=lambda: list(DEFAULT_SERVICES))
+    workers: int = 1  # RQ workers (run when compute is among the services)
+    worker_metrics_port: int = 8005  # the first worker's /metrics; the next ones count up
     admin_user: str = "admin"
     admin_password: str | None = None  # DATALAB_ADMIN_PASSWORD; else generated once
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -59,6 +61,7 @@ class PlatformConfig:
             postgres_port=int(env.get("DATALAB_POSTGRES_PORT", 55432)),
             redis_port=int(env.get("DATALAB_REDIS_PORT", 56379)),
             admin_user=env.get("DATALAB_ADMIN_USER", "admin"),
+            workers=int(env.get("DATALAB_WORKERS", 1)),
             admin_password=env.get("DATALAB_ADMIN_PASSWORD") or None,
         )
 
@@ -211,11 +214,31 @@ class Platform:
                 self.processes.append(proc)
             for proc in self.processes[2:]:
                 wait_until(lambda p=proc: _http_ok(f"{c.url(p.name)}/ready"), 60, proc, "ready")
+            if "compute" in c.services:
+                for i in range(c.workers):
+                    self.start_worker(i)
 
             self._start_traefik()
         except BaseException:
             self.stop()
             raise
+
+    def start_worker(self, index: int) -> Process:
+        """Start RQ worker number `index` (tests also use it to replace a killed one)."""
+        c = self.config
+        port = c.worker_metrics_port + index
+        env = self.service_env("compute")
+        env.pop("DATALAB_PORT")
+        env["DATALAB_WORKER_METRICS_PORT"] = str(port)
+        self.processes = [p for p in self.processes if p.name != f"worker-{index}"]
+        proc = Process(
+            f"worker-{index}", [sys.executable, "-m", "datalab.cli", "worker"],
+            self.logs / f"worker-{index}.log", env=env,
+        )
+        proc.start()
+        self.processes.append(proc)
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/metrics"), 60, proc, "serving /metrics")
+        return proc
 
     def _start_traefik(self) -> None:
         c = self.config

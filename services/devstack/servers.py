@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from datalab.core.secrets import write_secret
 
@@ -91,12 +92,21 @@ class Process:
         if not self.alive():
             return
         assert self.popen is not None
+        # Children that detach into their own process group (an RQ work horse) would outlive
+        # their parent: note them first, and end whichever is still there afterwards.
+        try:
+            descendants = psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         self.popen.send_signal(self.stop_signal)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(5)
+        _, alive = psutil.wait_procs(descendants, timeout=5)
+        for child in alive:
+            child.kill()
 
     def fail(self, what: str) -> ServerError:
         return ServerError(f"{self.name}: {what}\n--- {self.log_path} ---\n{tail(self.log_path)}")

