@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test bench clean
+.PHONY: install up test bench hashistack clean
 
 install: $(SYNCED)
 
@@ -29,6 +29,10 @@ test: install
 
 clean:
 	rm -rf $(VENV) $(TOOLS)
+
+# Consul and Nomad from Go modules (tools/hashistack/README.md); seconds when cached.
+hashistack:
+	tools/hashistack/build.sh
 
 bench: install
 	@for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done
