@@ -104,3 +104,87 @@ class OpenBaoDev:
 
     def stop(self) -> None:
         self.process.stop(15)
+
+
+class NomadDev:
+    """`nomad agent -dev` (server + client, raw_exec on) wired to the dev Consul and OpenBao.
+
+    It runs as root: this machine's cgroups are v1, where a root agent works (on cgroup v2
+    in a container, Nomad >= 1.7 fails to create nomad.slice, nomad#23476); raw_exec tasks
+    then drop to the unprivileged user each job names. Vault is reached through workload
+    identity (JWT auth at `jwt-nomad/`), not a token.
+    """
+
+    def __init__(self, root: Path, consul: ConsulDev, vault: OpenBaoDev | None, binary: str | None = None,
+                 host_volumes: dict[str, Path] | None = None):
+        self.binary = binary or find_binary("nomad")
+        if self.binary is None:
+            raise FileNotFoundError("nomad: not on PATH and not built (run tools/hashistack/build.sh nomad)")
+        self.root = root
+        self.http_port, self.rpc_port, self.serf_port = free_port(), free_port(), free_port()
+        volumes = "\n".join(
+            f'  host_volume "{name}" {{\n    path = "{path}"\n    read_only = false\n  }}'
+            for name, path in (host_volumes or {}).items()
+        )
+        vault_block = ""
+        if vault is not None:
+            vault_block = f"""
+vault {{
+  enabled               = true
+  address               = "{vault.address}"
+  jwt_auth_backend_path = "jwt-nomad/"
+  default_identity {{
+    aud = ["vault.io"]
+    ttl = "1h"
+  }}
+}}"""
+        self.config = f"""
+data_dir  = "{root / 'data'}"
+bind_addr = "127.0.0.1"
+ports {{
+  http = {self.http_port}
+  rpc  = {self.rpc_port}
+  serf = {self.serf_port}
+}}
+client {{
+  options = {{
+    # env_aws aborts the agent when AWS_CA_BUNDLE is set (as on these machines), and the
+    # cloud fingerprinters probe 169.254.169.254: neither belongs on a dev agent.
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+  }}
+{volumes}
+}}
+plugin "raw_exec" {{
+  config {{
+    enabled = true
+  }}
+}}
+consul {{
+  address = "127.0.0.1:{consul.http_port}"
+}}
+{vault_block}
+"""
+        self.process = Process(
+            "nomad", [self.binary, "agent", "-dev", "-config", str(root / "agent.hcl")], root / "nomad.log"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def version(self) -> str:
+        return subprocess.run([self.binary, "version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+    def start(self, timeout: float = 60) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "agent.hcl").write_text(self.config)
+        self.process.start()
+
+        def client_ready() -> bool:
+            nodes = _get_json(f"{self.address}/v1/nodes")
+            return bool(nodes) and nodes[0]["Status"] == "ready"
+
+        wait_until(client_ready, timeout, self.process, "with a ready client node")
+
+    def stop(self) -> None:
+        self.process.stop(30)
