@@ -93,12 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p_vault = sub.add_parser("vault", help="Vault/OpenBao set-up")
     vault_sub = p_vault.add_subparsers(dest="vault_command", required=True)
     p_boot = vault_sub.add_parser("bootstrap", help="engines, roles, policies, workload identity (idempotent)")
-    try:
-        from datalab.hashicorp import vault as vault_cli
-    except ImportError:  # pragma: no cover - arrives with the Vault bootstrap
-        vault_cli = None
-    if vault_cli is not None:
-        vault_cli.add_arguments(p_boot)
+    from datalab.hashicorp import vault as vault_cli
+
+    vault_cli.add_arguments(p_boot)
     args = parser.parse_args(argv)
     if args.command == "deploy":
         return nomad_cli.run_deploy(args)

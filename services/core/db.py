@@ -55,7 +55,13 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
     """
     async with engine.begin() as conn:
         if metadata.schema:
-            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{metadata.schema}"'))
+            # Under Vault the bootstrap made the schema (owned by <service>_owner) and the
+            # service's user may not CREATE in the database: only create what is missing.
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": metadata.schema}
+            )
+            if not exists:
+                await conn.execute(text(f'CREATE SCHEMA "{metadata.schema}"'))
         await conn.run_sync(metadata.create_all)
 
 

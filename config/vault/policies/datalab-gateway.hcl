@@ -1,0 +1,27 @@
+# datalab-gateway: what the gateway job's workload identity may read. Nothing else.
+
+path "kv/data/datalab/shared" {
+  capabilities = ["read"]
+}
+
+path "kv/data/datalab/gateway" {
+  capabilities = ["read"]
+}
+
+path "kv/data/datalab/platform" {
+  capabilities = ["read"]
+}
+
+# Its own short-lived PostgreSQL user (owner-role pattern: tables belong to gateway_owner).
+path "database/creds/gateway" {
+  capabilities = ["read"]
+}
+
+# Nomad renews the token it derived from the workload identity.
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
