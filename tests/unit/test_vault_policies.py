@@ -7,7 +7,7 @@ from datalab.hashicorp.vault import DB_SERVICES, JOBS, POLICY_DIR
 
 def paths(service: str) -> set[str]:
     doc = hcl2.loads((POLICY_DIR / f"datalab-{service}.hcl").read_text())
-    return {key.strip('"') for block in doc["path"] for key in block}
+    return {key.strip('"') for block in doc["path"] for key in block if not key.startswith("__")}
 
 
 def test_one_policy_per_job_role():
@@ -33,5 +33,7 @@ def test_no_policy_grants_more_than_read():
     for path in POLICY_DIR.glob("*.hcl"):
         for block in hcl2.loads(path.read_text())["path"]:
             for name, rules in block.items():
-                caps = set(rules["capabilities"])
-                assert caps <= {"read", "update"} and ("update" not in caps or "renew-self" in name), (path, name)
+                if name.startswith("__"):  # python-hcl2's own markers
+                    continue
+                caps = {c.strip('"') for c in rules["capabilities"]}
+                assert caps <= {"read", "update"} and ("update" not in caps or name.strip('"') == "auth/token/renew-self"), (path, name)
