@@ -115,7 +115,7 @@ class NomadDev:
     identity (JWT auth at `jwt-nomad/`), not a token.
     """
 
-    def __init__(self, root: Path, consul: ConsulDev, vault: OpenBaoDev | None, binary: str | None = None,
+    def __init__(self, root: Path, consul: ConsulDev | None, vault: OpenBaoDev | None, binary: str | None = None,
                  host_volumes: dict[str, Path] | None = None):
         self.binary = binary or find_binary("nomad")
         if self.binary is None:
@@ -126,6 +126,7 @@ class NomadDev:
             f'  host_volume "{name}" {{\n    path = "{path}"\n    read_only = false\n  }}'
             for name, path in (host_volumes or {}).items()
         )
+        consul_block = f'consul {{\n  address = "127.0.0.1:{consul.http_port}"\n}}' if consul else ""
         vault_block = ""
         if vault is not None:
             vault_block = f"""
@@ -159,9 +160,7 @@ plugin "raw_exec" {{
     enabled = true
   }}
 }}
-consul {{
-  address = "127.0.0.1:{consul.http_port}"
-}}
+{consul_block}
 {vault_block}
 """
         self.process = Process(

@@ -1,8 +1,9 @@
 """`datalab vault bootstrap`: everything DataLab needs from Vault (or OpenBao), idempotent.
 
 1. KV v2 at `kv/`: `datalab/shared` {jwt_public_key, redis_password}, `datalab/gateway`
-   {jwt_private_key, admin_password}, `datalab/platform` {service_api_key}. Missing values
-   are generated; existing ones are never overwritten.
+   {jwt_private_key, admin_password}, `datalab/platform` {service_api_key},
+   `datalab/postgres` {superuser_password} (for the postgres job). Missing values are
+   generated; existing ones are never overwritten.
 2. PostgreSQL, as its superuser: a `vault` login role (CREATEROLE, not superuser), and per
    service (gateway, data, ai) a NOLOGIN `<svc>_owner` role owning schema `<svc>`.
 3. The database secrets engine at `database/`: connection `datalab` (then rotate-root, so
@@ -40,6 +41,8 @@ JOBS = {  # Vault JWT role -> the Nomad jobs allowed to use it
     "ai": ["ai"],
     "compute": ["compute", "compute-batch"],
     "viz": ["viz"],
+    "postgres": ["postgres"],  # the infra jobs (clusters; `make e2e` runs host processes)
+    "redis": ["redis"],
 }
 KV_MOUNT = "kv"
 DB_MOUNT = "database"
@@ -140,6 +143,8 @@ def ensure_kv(client: hvac.Client, opts: Options, report: Report) -> None:
         "datalab/gateway": {"jwt_private_key": private,
                             "admin_password": opts.admin_password or pysecrets.token_urlsafe(18)},
         "datalab/platform": {"service_api_key": new_api_key()[0]},
+        # The postgres job's superuser; an operator's tool, never a service's credential.
+        "datalab/postgres": {"superuser_password": pysecrets.token_urlsafe(24)},
     }
     existing_shared = _kv_read(client, "datalab/shared")
     existing_gateway = _kv_read(client, "datalab/gateway")

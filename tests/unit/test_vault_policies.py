@@ -23,6 +23,8 @@ def test_each_service_reads_only_its_own_paths():
         "ai": shared | {"database/creds/ai"},
         "compute": shared | {"kv/data/datalab/platform"},
         "viz": shared,
+        "postgres": {"kv/data/datalab/postgres"},
+        "redis": shared,
     }
     for service, wanted in expected.items():
         assert paths(service) == wanted | token, service

@@ -1,0 +1,274 @@
+# DataLab data service: CSV/Parquet datasets in PostgreSQL (metadata) and on the shared
+# volume (Parquet), polars queries cached in Redis. `datalab deploy jobs/data.nomad.hcl`.
+
+# ---- common variables: every job declares the same set (tests/jobs checks it) -----------
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+variable "driver" {
+  description = "docker (clusters) or raw_exec (one machine, the project's virtualenv)"
+  type        = string
+  default     = "docker"
+}
+variable "image" {
+  type    = string
+  default = "datalab:0.1.0"
+}
+variable "venv" {
+  description = "raw_exec: the virtualenv holding the datalab command"
+  type        = string
+  default     = "/opt/datalab/.venv"
+}
+variable "run_as_user" {
+  description = "raw_exec: the unprivileged user tasks run as"
+  type        = string
+  default     = "datalab"
+}
+variable "datalab_home" {
+  description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
+  type        = string
+  default     = "/srv/datalab"
+}
+variable "consul_addr" {
+  type    = string
+  default = "http://127.0.0.1:8500"
+}
+variable "counts" {
+  description = "instances per job or group, e.g. { data = 2, workers = 3 }"
+  type        = map(number)
+  default     = {}
+}
+variable "resources" {
+  description = "per job or group: { data = { cpu = 500, memory = 512 } }"
+  type        = map(object({ cpu = number, memory = number }))
+  default     = {}
+}
+variable "gpu_count" {
+  description = "GPUs for the ai job (0: none, no device block)"
+  type        = number
+  default     = 0
+}
+variable "gpu_min_memory" {
+  type    = string
+  default = "16 GiB"
+}
+variable "log_level" {
+  type    = string
+  default = "INFO"
+}
+variable "ports" {
+  description = "static ports: traefik_http, traefik_ping (others are dynamic)"
+  type        = map(number)
+  default     = {}
+}
+variable "nomad_addr" {
+  description = "compute: dispatch heavy jobs to compute-batch through this Nomad ('' = off)"
+  type        = string
+  default     = ""
+}
+variable "version_tag" {
+  description = "changes the job (a new deployment) without changing the code: for rollouts"
+  type        = string
+  default     = "1"
+}
+# -----------------------------------------------------------------------------------------
+
+locals {
+  name      = "data"
+  resources = lookup(var.resources, "data", { cpu = 500, memory = 512 })
+}
+
+job "data" {
+  datacenters = var.datacenters
+  type        = "service"
+  meta = {
+    version_tag = var.version_tag
+  }
+
+  update {
+    max_parallel      = 1
+    canary            = 1
+    auto_promote      = true
+    auto_revert       = true
+    health_check      = "checks"
+    min_healthy_time  = "10s"
+    healthy_deadline  = "3m"
+    progress_deadline = "10m"
+  }
+
+  migrate {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "10s"
+    healthy_deadline = "3m"
+  }
+
+  reschedule {
+    delay          = "30s"
+    delay_function = "exponential"
+    max_delay      = "10m"
+    unlimited      = true
+  }
+
+  group "api" {
+    count = lookup(var.counts, "data", 2)
+    # Consul deregisters the instance, Traefik stops routing to it, then the task stops.
+    shutdown_delay = "5s"
+
+    spread {
+      attribute = "${node.unique.name}"
+    }
+
+    scaling {
+      enabled = true
+      min     = 1
+      max     = 10
+    }
+
+    network {
+      port "http" {}
+    }
+
+    dynamic "volume" {
+      for_each = var.driver == "docker" ? ["datalab"] : []
+      labels   = [volume.value]
+      content {
+        type      = "host"
+        source    = "datalab"
+        read_only = false
+      }
+    }
+
+    restart {
+      attempts         = 3
+      interval         = "5m"
+      delay            = "15s"
+      mode             = "fail"
+      render_templates = true
+    }
+
+    service {
+      name     = "data"
+      provider = "consul"
+      port     = "http"
+      tags = [
+        "traefik.enable=true",
+        "traefik.http.routers.data.rule=PathPrefix(`/api/v1/data`)",
+        "traefik.http.routers.data.middlewares=auth@file,retry@file",
+      ]
+      # A canary gets no public traffic until promoted, except requests that ask for it.
+      canary_tags = [
+        "traefik.enable=true",
+        "traefik.consulcatalog.canary=true",
+        "traefik.http.routers.data-canary.rule=PathPrefix(`/api/v1/data`) && Header(`X-Canary`, `1`)",
+        "traefik.http.routers.data-canary.middlewares=auth@file",
+      ]
+
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "2s"
+        check_restart {
+          limit = 3
+          grace = "30s"
+        }
+      }
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/ready"
+        interval = "10s"
+        timeout  = "3s"
+      }
+    }
+
+    task "data" {
+      driver = var.driver
+      user   = var.driver == "raw_exec" ? var.run_as_user : "" # docker: the image's USER
+
+      dynamic "config" {
+        for_each = var.driver == "docker" ? [1] : []
+        content {
+          image = var.image
+          args  = ["serve", "data"]
+          ports = ["http"]
+        }
+      }
+      dynamic "config" {
+        for_each = var.driver == "raw_exec" ? [1] : []
+        content {
+          command = "${var.venv}/bin/datalab"
+          args    = ["serve", "data"]
+        }
+      }
+      dynamic "volume_mount" {
+        for_each = var.driver == "docker" ? ["datalab"] : []
+        content {
+          volume      = "datalab"
+          destination = "/srv/datalab"
+        }
+      }
+
+      vault {
+        role        = "nomad-data"
+        change_mode = "restart"
+        env         = false # the app reads rendered files, never Vault itself
+      }
+
+      env {
+        DATALAB_HOST        = var.driver == "docker" ? "0.0.0.0" : "${NOMAD_IP_http}"
+        DATALAB_PORT        = "${NOMAD_PORT_http}"
+        DATALAB_HOME        = var.driver == "docker" ? "/srv/datalab" : var.datalab_home
+        DATALAB_SECRETS_DIR = "${NOMAD_SECRETS_DIR}"
+        DATALAB_DISCOVERY   = "consul"
+        DATALAB_CONSUL_ADDR = var.consul_addr
+        DATALAB_LOG_LEVEL   = var.log_level
+      }
+
+      # Where PostgreSQL and Redis are, from Consul (no credentials here).
+      template {
+        destination = "local/endpoints.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ with $pg := service "postgres" }}{{ with index $pg 0 }}DATALAB_DATABASE_URL=postgresql+asyncpg://{{ .Address }}:{{ .Port }}/datalab{{ end }}{{ end }}
+          {{ with $r := service "redis" }}{{ with index $r 0 }}DATALAB_REDIS_URL=redis://{{ .Address }}:{{ .Port }}/0{{ end }}{{ end }}
+        EOT
+      }
+
+      template {
+        destination = "secrets/jwt_public_key.pem"
+        change_mode = "restart"
+        perms       = "0400"
+        data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
+      }
+
+      template {
+        destination = "secrets/redis_password"
+        change_mode = "restart"
+        perms       = "0400"
+        data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
+      }
+
+      # This service's own short-lived PostgreSQL user. change_mode "noop": the app re-reads
+      # db.json for every new connection and pre-pings pooled ones, so a new credential is
+      # picked up without a restart and no request fails.
+      template {
+        destination = "secrets/db.json"
+        change_mode = "noop"
+        perms       = "0400"
+        data        = <<-EOT
+          {{ with secret "database/creds/data" }}{"username": "{{ .Data.username }}", "password": "{{ .Data.password }}"}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = local.resources.cpu
+        memory = local.resources.memory
+      }
+    }
+  }
+}

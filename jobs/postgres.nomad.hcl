@@ -1,0 +1,178 @@
+# PostgreSQL for DataLab's metadata (users, datasets, models). Its superuser password comes
+# from Vault (kv/datalab/postgres); services never use it: Vault issues each its own user.
+
+# ---- common variables: every job declares the same set (tests/jobs checks it) -----------
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+variable "driver" {
+  description = "docker (clusters) or raw_exec (one machine, the project's virtualenv)"
+  type        = string
+  default     = "docker"
+}
+variable "image" {
+  type    = string
+  default = "datalab:0.1.0"
+}
+variable "venv" {
+  description = "raw_exec: the virtualenv holding the datalab command"
+  type        = string
+  default     = "/opt/datalab/.venv"
+}
+variable "run_as_user" {
+  description = "raw_exec: the unprivileged user tasks run as"
+  type        = string
+  default     = "datalab"
+}
+variable "datalab_home" {
+  description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
+  type        = string
+  default     = "/srv/datalab"
+}
+variable "consul_addr" {
+  type    = string
+  default = "http://127.0.0.1:8500"
+}
+variable "counts" {
+  description = "instances per job or group, e.g. { data = 2, workers = 3 }"
+  type        = map(number)
+  default     = {}
+}
+variable "resources" {
+  description = "per job or group: { data = { cpu = 500, memory = 512 } }"
+  type        = map(object({ cpu = number, memory = number }))
+  default     = {}
+}
+variable "gpu_count" {
+  description = "GPUs for the ai job (0: none, no device block)"
+  type        = number
+  default     = 0
+}
+variable "gpu_min_memory" {
+  type    = string
+  default = "16 GiB"
+}
+variable "log_level" {
+  type    = string
+  default = "INFO"
+}
+variable "ports" {
+  description = "static ports: traefik_http, traefik_ping (others are dynamic)"
+  type        = map(number)
+  default     = {}
+}
+variable "nomad_addr" {
+  description = "compute: dispatch heavy jobs to compute-batch through this Nomad ('' = off)"
+  type        = string
+  default     = ""
+}
+variable "version_tag" {
+  description = "changes the job (a new deployment) without changing the code: for rollouts"
+  type        = string
+  default     = "1"
+}
+# -----------------------------------------------------------------------------------------
+
+locals {
+  resources = lookup(var.resources, "postgres", { cpu = 1000, memory = 1024 })
+}
+
+job "postgres" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  update {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "10s"
+    healthy_deadline = "5m"
+    auto_revert      = true
+  }
+
+  group "postgres" {
+    count          = 1 # one primary; its data lives on the host volume below
+    shutdown_delay = "5s"
+
+    # Stateful: it stays on the node holding its volume (no spread, no migrate).
+    volume "postgres" {
+      type      = "host"
+      source    = "postgres"
+      read_only = false
+    }
+
+    network {
+      port "db" {
+        to = 5432
+      }
+    }
+
+    restart {
+      attempts         = 5
+      interval         = "10m"
+      delay            = "15s"
+      mode             = "delay"
+      render_templates = true
+    }
+
+    service {
+      name     = "postgres"
+      provider = "consul"
+      port     = "db"
+      tags     = ["traefik.enable=false"]
+
+      check {
+        name     = "tcp"
+        type     = "tcp"
+        interval = "10s"
+        timeout  = "2s"
+        check_restart {
+          limit = 3
+          grace = "60s"
+        }
+      }
+    }
+
+    # Always the Docker driver: on one machine (`make e2e`) PostgreSQL and Redis run as
+    # host processes registered in Consul under these same service names.
+    task "postgres" {
+      driver = "docker"
+
+      config {
+        image = "postgres:18.1"
+        ports = ["db"]
+      }
+
+      volume_mount {
+        volume      = "postgres"
+        destination = "/var/lib/postgresql/data"
+      }
+
+      vault {
+        role        = "nomad-postgres"
+        change_mode = "restart"
+        env         = false
+      }
+
+      env {
+        POSTGRES_DB = "datalab"
+        PGDATA      = "/var/lib/postgresql/data/pgdata"
+      }
+
+      template {
+        destination = "secrets/postgres.env"
+        env         = true
+        change_mode = "restart"
+        perms       = "0400"
+        data        = <<-EOT
+          POSTGRES_PASSWORD={{ with secret "kv/data/datalab/postgres" }}{{ .Data.data.superuser_password }}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = local.resources.cpu
+        memory = local.resources.memory
+      }
+    }
+  }
+}

@@ -1,0 +1,175 @@
+# Redis for caches, rate limits and the RQ queues. Its password comes from Vault
+# (kv/datalab/shared, the same value the services read); AOF keeps queued jobs across restarts.
+
+# ---- common variables: every job declares the same set (tests/jobs checks it) -----------
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+variable "driver" {
+  description = "docker (clusters) or raw_exec (one machine, the project's virtualenv)"
+  type        = string
+  default     = "docker"
+}
+variable "image" {
+  type    = string
+  default = "datalab:0.1.0"
+}
+variable "venv" {
+  description = "raw_exec: the virtualenv holding the datalab command"
+  type        = string
+  default     = "/opt/datalab/.venv"
+}
+variable "run_as_user" {
+  description = "raw_exec: the unprivileged user tasks run as"
+  type        = string
+  default     = "datalab"
+}
+variable "datalab_home" {
+  description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
+  type        = string
+  default     = "/srv/datalab"
+}
+variable "consul_addr" {
+  type    = string
+  default = "http://127.0.0.1:8500"
+}
+variable "counts" {
+  description = "instances per job or group, e.g. { data = 2, workers = 3 }"
+  type        = map(number)
+  default     = {}
+}
+variable "resources" {
+  description = "per job or group: { data = { cpu = 500, memory = 512 } }"
+  type        = map(object({ cpu = number, memory = number }))
+  default     = {}
+}
+variable "gpu_count" {
+  description = "GPUs for the ai job (0: none, no device block)"
+  type        = number
+  default     = 0
+}
+variable "gpu_min_memory" {
+  type    = string
+  default = "16 GiB"
+}
+variable "log_level" {
+  type    = string
+  default = "INFO"
+}
+variable "ports" {
+  description = "static ports: traefik_http, traefik_ping (others are dynamic)"
+  type        = map(number)
+  default     = {}
+}
+variable "nomad_addr" {
+  description = "compute: dispatch heavy jobs to compute-batch through this Nomad ('' = off)"
+  type        = string
+  default     = ""
+}
+variable "version_tag" {
+  description = "changes the job (a new deployment) without changing the code: for rollouts"
+  type        = string
+  default     = "1"
+}
+# -----------------------------------------------------------------------------------------
+
+locals {
+  resources = lookup(var.resources, "redis", { cpu = 500, memory = 512 })
+}
+
+job "redis" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  update {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "10s"
+    healthy_deadline = "5m"
+    auto_revert      = true
+  }
+
+  group "redis" {
+    count          = 1 # one primary; its data lives on the host volume below
+    shutdown_delay = "5s"
+
+    # Stateful: it stays on the node holding its volume (no spread, no migrate).
+    volume "redis" {
+      type      = "host"
+      source    = "redis"
+      read_only = false
+    }
+
+    network {
+      port "db" {
+        to = 6379
+      }
+    }
+
+    restart {
+      attempts         = 5
+      interval         = "10m"
+      delay            = "15s"
+      mode             = "delay"
+      render_templates = true
+    }
+
+    service {
+      name     = "redis"
+      provider = "consul"
+      port     = "db"
+      tags     = ["traefik.enable=false"]
+
+      check {
+        name     = "tcp"
+        type     = "tcp"
+        interval = "10s"
+        timeout  = "2s"
+        check_restart {
+          limit = 3
+          grace = "60s"
+        }
+      }
+    }
+
+    # Always the Docker driver: on one machine (`make e2e`) PostgreSQL and Redis run as
+    # host processes registered in Consul under these same service names.
+    task "redis" {
+      driver = "docker"
+
+      config {
+        image = "redis:7.4"
+        ports = ["db"]
+        args  = ["/secrets/redis.conf"]
+      }
+
+      volume_mount {
+        volume      = "redis"
+        destination = "/data"
+      }
+
+      vault {
+        role        = "nomad-redis"
+        change_mode = "restart"
+        env         = false
+      }
+
+      template {
+        destination = "secrets/redis.conf"
+        change_mode = "restart"
+        perms       = "0400"
+        data        = <<-EOT
+          requirepass {{ with secret "kv/data/datalab/shared" }}{{ .Data.data.redis_password }}{{ end }}
+          appendonly yes
+          dir /data
+        EOT
+      }
+
+      resources {
+        cpu    = local.resources.cpu
+        memory = local.resources.memory
+      }
+    }
+  }
+}

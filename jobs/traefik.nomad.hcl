@@ -1,0 +1,207 @@
+# Traefik, on every client (system job): routes by the Consul Catalog tags each service
+# job sets (exposedByDefault=false), and holds the two middlewares every router shares,
+# declared once here: `auth` (forwardAuth to the gateway) and `retry`.
+
+# ---- common variables: every job declares the same set (tests/jobs checks it) -----------
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+variable "driver" {
+  description = "docker (clusters) or raw_exec (one machine, the project's virtualenv)"
+  type        = string
+  default     = "docker"
+}
+variable "image" {
+  type    = string
+  default = "datalab:0.1.0"
+}
+variable "venv" {
+  description = "raw_exec: the virtualenv holding the datalab command"
+  type        = string
+  default     = "/opt/datalab/.venv"
+}
+variable "run_as_user" {
+  description = "raw_exec: the unprivileged user tasks run as"
+  type        = string
+  default     = "datalab"
+}
+variable "datalab_home" {
+  description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
+  type        = string
+  default     = "/srv/datalab"
+}
+variable "consul_addr" {
+  type    = string
+  default = "http://127.0.0.1:8500"
+}
+variable "counts" {
+  description = "instances per job or group, e.g. { data = 2, workers = 3 }"
+  type        = map(number)
+  default     = {}
+}
+variable "resources" {
+  description = "per job or group: { data = { cpu = 500, memory = 512 } }"
+  type        = map(object({ cpu = number, memory = number }))
+  default     = {}
+}
+variable "gpu_count" {
+  description = "GPUs for the ai job (0: none, no device block)"
+  type        = number
+  default     = 0
+}
+variable "gpu_min_memory" {
+  type    = string
+  default = "16 GiB"
+}
+variable "log_level" {
+  type    = string
+  default = "INFO"
+}
+variable "ports" {
+  description = "static ports: traefik_http, traefik_ping (others are dynamic)"
+  type        = map(number)
+  default     = {}
+}
+variable "nomad_addr" {
+  description = "compute: dispatch heavy jobs to compute-batch through this Nomad ('' = off)"
+  type        = string
+  default     = ""
+}
+variable "version_tag" {
+  description = "changes the job (a new deployment) without changing the code: for rollouts"
+  type        = string
+  default     = "1"
+}
+# -----------------------------------------------------------------------------------------
+
+locals {
+  http_port = lookup(var.ports, "traefik_http", 8080)
+  ping_port = lookup(var.ports, "traefik_ping", 8082)
+  resources = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
+}
+
+job "traefik" {
+  datacenters = var.datacenters
+  type        = "system"
+
+  update {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "10s"
+    healthy_deadline = "3m"
+  }
+
+  group "traefik" {
+    shutdown_delay = "5s"
+
+    network {
+      port "http" {
+        static = local.http_port
+      }
+      port "ping" {
+        static = local.ping_port
+      }
+    }
+
+    service {
+      name     = "traefik"
+      provider = "consul"
+      port     = "http"
+      tags     = ["traefik.enable=false"]
+
+      check {
+        name     = "ping"
+        type     = "http"
+        port     = "ping"
+        path     = "/ping"
+        interval = "10s"
+        timeout  = "2s"
+        check_restart {
+          limit = 3
+          grace = "30s"
+        }
+      }
+    }
+
+    task "traefik" {
+      driver = var.driver
+      user   = var.driver == "raw_exec" ? var.run_as_user : ""
+
+      dynamic "config" {
+        for_each = var.driver == "docker" ? [1] : []
+        content {
+          image        = "traefik:v3.7"
+          network_mode = "host"
+          args         = ["--configFile=${NOMAD_TASK_DIR}/traefik.yml"]
+        }
+      }
+      dynamic "config" {
+        for_each = var.driver == "raw_exec" ? [1] : []
+        content {
+          command = "${var.venv}/bin/traefik"
+          args    = ["--configFile=${NOMAD_TASK_DIR}/traefik.yml"]
+        }
+      }
+
+      # Static configuration: entrypoints, the Consul Catalog provider, the file provider.
+      template {
+        destination = "local/traefik.yml"
+        change_mode = "restart"
+        data        = <<-EOT
+          entryPoints:
+            web:
+              address: ":${local.http_port}"
+            ping:
+              address: ":${local.ping_port}"
+          ping:
+            entryPoint: ping
+          providers:
+            consulCatalog:
+              endpoint:
+                address: "${trimprefix(var.consul_addr, "http://")}"
+              exposedByDefault: false
+              strictChecks: ["passing"]
+              refreshInterval: 5s
+            file:
+              filename: "{{ env "NOMAD_TASK_DIR" }}/dynamic.yml"
+              watch: true
+          log:
+            level: INFO
+            format: json
+          accessLog:
+            format: json
+          global:
+            checkNewVersion: false
+            sendAnonymousUsage: false
+        EOT
+      }
+
+      # The shared middlewares, declared once. forwardAuth goes through Traefik itself to a
+      # passing gateway instance (its route is public), so any gateway may answer.
+      template {
+        destination = "local/dynamic.yml"
+        change_mode = "noop" # Traefik watches the file
+        data        = <<-EOT
+          http:
+            middlewares:
+              auth:
+                forwardAuth:
+                  address: "http://127.0.0.1:${local.http_port}/api/v1/auth/verify"
+                  authResponseHeaders: ["X-User-Id", "X-User-Name", "Authorization"]
+                  trustForwardHeader: false
+                  maxResponseBodySize: 65536
+              retry:
+                retry:
+                  attempts: 3
+                  initialInterval: 100ms
+        EOT
+      }
+
+      resources {
+        cpu    = local.resources.cpu
+        memory = local.resources.memory
+      }
+    }
+  }
+}

@@ -1,0 +1,20 @@
+# Production: Docker driver, the released image, more instances, a GPU for ai.
+datacenters = ["dc1", "dc2"]
+driver      = "docker"
+image       = "registry.example.internal/datalab:0.1.0"
+consul_addr = "http://127.0.0.1:8500"
+counts = {
+  gateway = 3
+  data    = 3
+  ai      = 2
+  compute = 2
+  workers = 4
+  viz     = 2
+}
+resources = {
+  data    = { cpu = 1000, memory = 2048 }
+  ai      = { cpu = 2000, memory = 8192 }
+  workers = { cpu = 2000, memory = 4096 }
+}
+gpu_count      = 1
+gpu_min_memory = "16 GiB"

@@ -1,0 +1,15 @@
+# The Vagrant cluster: Docker driver on two clients, the image built by
+# scripts/build-image and loaded into each client.
+datacenters = ["dc1"]
+driver      = "docker"
+image       = "datalab:0.1.0"
+consul_addr = "http://127.0.0.1:8500" # each client's own Consul agent
+counts = {
+  gateway = 2
+  data    = 2
+  ai      = 1
+  compute = 2
+  workers = 2
+  viz     = 2
+}
+gpu_count = 0 # VAGRANT_GPU=1 gives a client a GPU: deploy ai with --var gpu_count=1
