@@ -1,0 +1,65 @@
+# Nomad client (cluster): Docker for the services, raw_exec enabled for the virtualenv
+# variant, host volumes for shared data and the databases. Each client talks to its own
+# local Consul agent (sharing one causes flapping).
+datacenter = "dc1"
+data_dir   = "/opt/nomad/data"
+bind_addr  = "0.0.0.0"
+
+client {
+  enabled           = true
+  servers           = ["nomad.service.consul:4647"]
+  network_interface = "eth1" # the private NIC (Vagrant: 192.168.56.0/21)
+
+  host_volume "datalab" {
+    path      = "/srv/datalab"
+    read_only = false
+  }
+
+  host_volume "postgres" {
+    path      = "/srv/postgres"
+    read_only = false
+  }
+
+  host_volume "redis" {
+    path      = "/srv/redis"
+    read_only = false
+  }
+}
+
+acl {
+  enabled = true
+}
+
+tls {
+  http      = true
+  rpc       = true
+  ca_file   = "/etc/nomad.d/tls/ca.pem"
+  cert_file = "/etc/nomad.d/tls/client.pem"
+  key_file  = "/etc/nomad.d/tls/client-key.pem"
+}
+
+consul {
+  address              = "127.0.0.1:8500"
+  service_auth_method  = "nomad-workloads"
+  task_auth_method     = "nomad-workloads"
+}
+
+vault {
+  enabled = true
+  address = "https://vault.service.consul:8200"
+}
+
+plugin "docker" {
+  config {
+    allow_privileged = false
+    volumes {
+      enabled = true
+    }
+  }
+}
+
+plugin "raw_exec" {
+  config {
+    enabled = true
+  }
+}

@@ -1,0 +1,58 @@
+# Nomad server (cluster). Rendered onto each server by scripts/provision; TLS files come
+# from the cluster CA. Vault and Consul are reached through workload identity (Nomad >= 1.7;
+# the token integration is gone in 1.10).
+datacenter = "dc1"
+data_dir   = "/opt/nomad/data"
+bind_addr  = "0.0.0.0"
+
+server {
+  enabled          = true
+  bootstrap_expect = 1 # 3 for a three-server cluster
+}
+
+acl {
+  enabled = true
+}
+
+tls {
+  http      = true
+  rpc       = true
+  ca_file   = "/etc/nomad.d/tls/ca.pem"
+  cert_file = "/etc/nomad.d/tls/server.pem"
+  key_file  = "/etc/nomad.d/tls/server-key.pem"
+
+  verify_server_hostname = true
+}
+
+consul {
+  address = "127.0.0.1:8500"
+
+  # Identities Nomad signs for services and tasks; Consul's `nomad-workloads` JWT auth
+  # method trusts them (never set a MaxTokenTTL on it).
+  service_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
+
+  task_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
+}
+
+vault {
+  enabled               = true
+  address               = "https://vault.service.consul:8200"
+  jwt_auth_backend_path = "jwt-nomad/"
+
+  default_identity {
+    aud = ["vault.io"]
+    ttl = "1h"
+  }
+}
+
+telemetry {
+  publish_allocation_metrics = true
+  publish_node_metrics       = true
+  prometheus_metrics         = true
+}
