@@ -1,7 +1,7 @@
 # DataLab compute-batch: a parameterized batch job. The compute API records a heavy job in
-# RQ (queue "nomad") and dispatches one instance of this job for it (python-nomad,
-# `nomad job dispatch -meta rq_job_id=... compute-batch` by hand); the allocation runs
-# exactly that one job with the ordinary worker code, then exits.
+# RQ (queue "nomad") and dispatches one instance of this job for it (python-nomad; by hand:
+# `nomad job dispatch -meta rq_job_id=... -meta job_type=... compute-batch`); the
+# allocation runs exactly one job with the ordinary worker code, then exits.
 
 # ---- common variables: every job declares the same set (tests/jobs checks it) -----------
 variable "datacenters" {
@@ -26,6 +26,16 @@ variable "run_as_user" {
   description = "raw_exec: the unprivileged user tasks run as"
   type        = string
   default     = "datalab"
+}
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
 }
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
@@ -86,8 +96,7 @@ job "compute-batch" {
 
   parameterized {
     payload       = "optional"
-    meta_required = ["rq_job_id"]
-    meta_optional = ["job_type"]
+    meta_required = ["rq_job_id", "job_type"] # NomadDispatcher sends both
   }
 
   group "run" {
@@ -118,7 +127,15 @@ job "compute-batch" {
 
     task "job" {
       driver = var.driver
-      user   = var.driver == "raw_exec" ? var.run_as_user : "" # docker: the image's USER
+      # raw_exec: the unprivileged user by name; docker: the same ids (or the image's USER
+      # when run_as_uid is -1). The secrets/ files below are owned by these ids.
+      user = var.driver == "raw_exec" ? var.run_as_user : (var.run_as_uid >= 0 ? "${var.run_as_uid}:${var.run_as_gid}" : "")
+
+      # Nomad logs this task into Consul with its workload identity (auth method
+      # `nomad-workloads`, when the servers set consul.task_identity): the template's
+      # service lookups and the app's discovery then use the task's own token
+      # (CONSUL_HTTP_TOKEN, secrets/consul_token). On a dev agent without it: no change.
+      consul {}
 
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
@@ -142,10 +159,17 @@ job "compute-batch" {
         }
       }
 
+      # A dispatch payload (optional: the RQ job in Redis carries the parameters) is
+      # written to ${NOMAD_TASK_DIR}/payload.json.
+      dispatch_payload {
+        file = "payload.json"
+      }
+
       vault {
-        role        = "nomad-compute"
-        change_mode = "noop" # a one-job run: a re-rendered secret can wait for the next
-        env         = false
+        role         = "nomad-compute"
+        change_mode  = "noop" # a one-job run: a re-rendered secret can wait for the next
+        env          = false
+        disable_file = true # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       env {
@@ -173,6 +197,8 @@ job "compute-batch" {
         destination = "secrets/redis_password"
         change_mode = "noop"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
       }
 
@@ -180,6 +206,8 @@ job "compute-batch" {
         destination = "secrets/service_api_key"
         change_mode = "noop"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/platform\" }}{{ .Data.data.service_api_key }}{{ end }}"
       }
 

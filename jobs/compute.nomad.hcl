@@ -25,6 +25,16 @@ variable "run_as_user" {
   type        = string
   default     = "datalab"
 }
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
+}
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
   type        = string
@@ -163,7 +173,7 @@ job "compute" {
         "traefik.enable=true",
         "traefik.consulcatalog.canary=true",
         "traefik.http.routers.compute-canary.rule=PathPrefix(`/api/v1/compute`) && Header(`X-Canary`, `1`)",
-        "traefik.http.routers.compute-canary.middlewares=auth@file",
+        "traefik.http.routers.compute-canary.middlewares=auth@file,retry@file",
       ]
 
       check {
@@ -188,7 +198,23 @@ job "compute" {
 
     task "compute" {
       driver = var.driver
-      user   = var.driver == "raw_exec" ? var.run_as_user : "" # docker: the image's USER
+      # raw_exec: the unprivileged user by name; docker: the same ids (or the image's USER
+      # when run_as_uid is -1). The secrets/ files below are owned by these ids.
+      user = var.driver == "raw_exec" ? var.run_as_user : (var.run_as_uid >= 0 ? "${var.run_as_uid}:${var.run_as_gid}" : "")
+
+      # Nomad logs this task into Consul with its workload identity (auth method
+      # `nomad-workloads`, when the servers set consul.task_identity): the template's
+      # service lookups and the app's discovery then use the task's own token
+      # (CONSUL_HTTP_TOKEN, secrets/consul_token). On a dev agent without it: no change.
+      consul {}
+
+      # The task's Nomad workload identity in secrets/nomad_token (owned by the task's
+      # user): the compute API dispatches compute-batch with it (NomadDispatcher). With
+      # ACLs on, a policy attached to this job/group/task grants dispatch-job:
+      # config/nomad/acl/compute-dispatch.policy.hcl.
+      identity {
+        file = true
+      }
 
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
@@ -214,9 +240,10 @@ job "compute" {
       }
 
       vault {
-        role        = "nomad-compute"
-        change_mode = "restart"
-        env         = false # the app reads rendered files, never Vault itself
+        role         = "nomad-compute"
+        change_mode  = "restart"
+        env          = false # the app reads rendered files, never Vault itself
+        disable_file = true  # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       env {
@@ -245,6 +272,8 @@ job "compute" {
         destination = "secrets/jwt_public_key.pem"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
@@ -252,6 +281,8 @@ job "compute" {
         destination = "secrets/redis_password"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
       }
 
@@ -259,6 +290,8 @@ job "compute" {
         destination = "secrets/service_api_key"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/platform\" }}{{ .Data.data.service_api_key }}{{ end }}"
       }
 
@@ -331,7 +364,15 @@ job "compute" {
       # SIGTERM = RQ warm shutdown: finish the current job, then exit. Long jobs that outlive
       # this are seen abandoned by the reaper and retried or failed, never left "started".
       kill_timeout = "60s"
-      user   = var.driver == "raw_exec" ? var.run_as_user : "" # docker: the image's USER
+      # raw_exec: the unprivileged user by name; docker: the same ids (or the image's USER
+      # when run_as_uid is -1). The secrets/ files below are owned by these ids.
+      user = var.driver == "raw_exec" ? var.run_as_user : (var.run_as_uid >= 0 ? "${var.run_as_uid}:${var.run_as_gid}" : "")
+
+      # Nomad logs this task into Consul with its workload identity (auth method
+      # `nomad-workloads`, when the servers set consul.task_identity): the template's
+      # service lookups and the app's discovery then use the task's own token
+      # (CONSUL_HTTP_TOKEN, secrets/consul_token). On a dev agent without it: no change.
+      consul {}
 
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
@@ -357,19 +398,20 @@ job "compute" {
       }
 
       vault {
-        role        = "nomad-compute"
-        change_mode = "restart"
-        env         = false # the app reads rendered files, never Vault itself
+        role         = "nomad-compute"
+        change_mode  = "restart"
+        env          = false # the app reads rendered files, never Vault itself
+        disable_file = true  # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       env {
         DATALAB_HOST                = var.driver == "docker" ? "0.0.0.0" : "${NOMAD_IP_metrics}"
         DATALAB_WORKER_METRICS_PORT = "${NOMAD_PORT_metrics}"
-        DATALAB_HOME        = var.driver == "docker" ? "/srv/datalab" : var.datalab_home
-        DATALAB_SECRETS_DIR = "${NOMAD_SECRETS_DIR}"
-        DATALAB_DISCOVERY   = "consul"
-        DATALAB_CONSUL_ADDR = var.consul_addr
-        DATALAB_LOG_LEVEL   = var.log_level
+        DATALAB_HOME                = var.driver == "docker" ? "/srv/datalab" : var.datalab_home
+        DATALAB_SECRETS_DIR         = "${NOMAD_SECRETS_DIR}"
+        DATALAB_DISCOVERY           = "consul"
+        DATALAB_CONSUL_ADDR         = var.consul_addr
+        DATALAB_LOG_LEVEL           = var.log_level
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).
@@ -387,6 +429,8 @@ job "compute" {
         destination = "secrets/jwt_public_key.pem"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
@@ -394,6 +438,8 @@ job "compute" {
         destination = "secrets/redis_password"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
       }
 
@@ -401,6 +447,8 @@ job "compute" {
         destination = "secrets/service_api_key"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/platform\" }}{{ .Data.data.service_api_key }}{{ end }}"
       }
 

@@ -25,6 +25,16 @@ variable "run_as_user" {
   type        = string
   default     = "datalab"
 }
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
+}
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
   type        = string
@@ -162,7 +172,7 @@ job "data" {
         "traefik.enable=true",
         "traefik.consulcatalog.canary=true",
         "traefik.http.routers.data-canary.rule=PathPrefix(`/api/v1/data`) && Header(`X-Canary`, `1`)",
-        "traefik.http.routers.data-canary.middlewares=auth@file",
+        "traefik.http.routers.data-canary.middlewares=auth@file,retry@file",
       ]
 
       check {
@@ -187,7 +197,15 @@ job "data" {
 
     task "data" {
       driver = var.driver
-      user   = var.driver == "raw_exec" ? var.run_as_user : "" # docker: the image's USER
+      # raw_exec: the unprivileged user by name; docker: the same ids (or the image's USER
+      # when run_as_uid is -1). The secrets/ files below are owned by these ids.
+      user = var.driver == "raw_exec" ? var.run_as_user : (var.run_as_uid >= 0 ? "${var.run_as_uid}:${var.run_as_gid}" : "")
+
+      # Nomad logs this task into Consul with its workload identity (auth method
+      # `nomad-workloads`, when the servers set consul.task_identity): the template's
+      # service lookups and the app's discovery then use the task's own token
+      # (CONSUL_HTTP_TOKEN, secrets/consul_token). On a dev agent without it: no change.
+      consul {}
 
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
@@ -213,9 +231,10 @@ job "data" {
       }
 
       vault {
-        role        = "nomad-data"
-        change_mode = "restart"
-        env         = false # the app reads rendered files, never Vault itself
+        role         = "nomad-data"
+        change_mode  = "restart"
+        env          = false # the app reads rendered files, never Vault itself
+        disable_file = true  # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       env {
@@ -243,6 +262,8 @@ job "data" {
         destination = "secrets/jwt_public_key.pem"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
@@ -250,6 +271,8 @@ job "data" {
         destination = "secrets/redis_password"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
       }
 
@@ -260,6 +283,8 @@ job "data" {
         destination = "secrets/db.json"
         change_mode = "noop"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = <<-EOT
           {{ with secret "database/creds/data" }}{"username": "{{ .Data.username }}", "password": "{{ .Data.password }}"}{{ end }}
         EOT

@@ -25,6 +25,16 @@ variable "run_as_user" {
   type        = string
   default     = "datalab"
 }
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
+}
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
   type        = string
@@ -162,7 +172,7 @@ job "gateway" {
         "traefik.enable=true",
         "traefik.consulcatalog.canary=true",
         "traefik.http.routers.gateway-canary.rule=PathPrefix(`/api/v1/auth`) && Header(`X-Canary`, `1`)",
-        "traefik.http.routers.gateway-canary.middlewares=auth@file",
+        "traefik.http.routers.gateway-canary.middlewares=retry@file",
       ]
 
       check {
@@ -187,7 +197,15 @@ job "gateway" {
 
     task "gateway" {
       driver = var.driver
-      user   = var.driver == "raw_exec" ? var.run_as_user : "" # docker: the image's USER
+      # raw_exec: the unprivileged user by name; docker: the same ids (or the image's USER
+      # when run_as_uid is -1). The secrets/ files below are owned by these ids.
+      user = var.driver == "raw_exec" ? var.run_as_user : (var.run_as_uid >= 0 ? "${var.run_as_uid}:${var.run_as_gid}" : "")
+
+      # Nomad logs this task into Consul with its workload identity (auth method
+      # `nomad-workloads`, when the servers set consul.task_identity): the template's
+      # service lookups and the app's discovery then use the task's own token
+      # (CONSUL_HTTP_TOKEN, secrets/consul_token). On a dev agent without it: no change.
+      consul {}
 
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
@@ -213,9 +231,10 @@ job "gateway" {
       }
 
       vault {
-        role        = "nomad-gateway"
-        change_mode = "restart"
-        env         = false # the app reads rendered files, never Vault itself
+        role         = "nomad-gateway"
+        change_mode  = "restart"
+        env          = false # the app reads rendered files, never Vault itself
+        disable_file = true  # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       env {
@@ -243,6 +262,8 @@ job "gateway" {
         destination = "secrets/jwt_public_key.pem"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
@@ -250,6 +271,8 @@ job "gateway" {
         destination = "secrets/redis_password"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
       }
 
@@ -257,6 +280,8 @@ job "gateway" {
         destination = "secrets/jwt_private_key.pem"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/gateway\" }}{{ .Data.data.jwt_private_key }}{{ end }}"
       }
 
@@ -264,6 +289,8 @@ job "gateway" {
         destination = "secrets/admin_password"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/gateway\" }}{{ .Data.data.admin_password }}{{ end }}"
       }
 
@@ -271,6 +298,8 @@ job "gateway" {
         destination = "secrets/service_api_key"
         change_mode = "restart"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = "{{ with secret \"kv/data/datalab/platform\" }}{{ .Data.data.service_api_key }}{{ end }}"
       }
 
@@ -281,6 +310,8 @@ job "gateway" {
         destination = "secrets/db.json"
         change_mode = "noop"
         perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = <<-EOT
           {{ with secret "database/creds/gateway" }}{"username": "{{ .Data.username }}", "password": "{{ .Data.password }}"}{{ end }}
         EOT

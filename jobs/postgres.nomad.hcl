@@ -25,6 +25,16 @@ variable "run_as_user" {
   type        = string
   default     = "datalab"
 }
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
+}
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
   type        = string
@@ -143,20 +153,23 @@ job "postgres" {
         ports = ["db"]
       }
 
+      # PostgreSQL >= 18 images keep the cluster in /var/lib/postgresql/<major>/docker and
+      # refuse a mount at the old .../data path ("unused mount/volume"); one mount here
+      # also lets a later pg_upgrade --link work inside it.
       volume_mount {
         volume      = "postgres"
-        destination = "/var/lib/postgresql/data"
+        destination = "/var/lib/postgresql"
       }
 
       vault {
-        role        = "nomad-postgres"
-        change_mode = "restart"
-        env         = false
+        role         = "nomad-postgres"
+        change_mode  = "restart"
+        env          = false
+        disable_file = true # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       env {
         POSTGRES_DB = "datalab"
-        PGDATA      = "/var/lib/postgresql/data/pgdata"
       }
 
       template {

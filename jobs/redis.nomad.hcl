@@ -25,6 +25,16 @@ variable "run_as_user" {
   type        = string
   default     = "datalab"
 }
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
+}
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
   type        = string
@@ -150,16 +160,21 @@ job "redis" {
       }
 
       vault {
-        role        = "nomad-redis"
-        change_mode = "restart"
-        env         = false
+        role         = "nomad-redis"
+        change_mode  = "restart"
+        env          = false
+        disable_file = true # nor a secrets/vault_token file: templates use Nomad's own copy
       }
 
       template {
         destination = "secrets/redis.conf"
         change_mode = "restart"
         perms       = "0400"
-        data        = <<-EOT
+        # redis-server runs as the image's `redis` user (uid/gid 999 in the official
+        # Debian image; its entrypoint drops root): it must be able to read its config.
+        uid  = 999
+        gid  = 999
+        data = <<-EOT
           requirepass {{ with secret "kv/data/datalab/shared" }}{{ .Data.data.redis_password }}{{ end }}
           appendonly yes
           dir /data

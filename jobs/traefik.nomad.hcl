@@ -26,6 +26,16 @@ variable "run_as_user" {
   type        = string
   default     = "datalab"
 }
+variable "run_as_uid" {
+  description = "owner of the rendered secrets/ files: run_as_user's uid on the clients (raw_exec) or the image's USER (docker). -1 = the Nomad agent's user (root): only right for a task running as root"
+  type        = number
+  default     = -1
+}
+variable "run_as_gid" {
+  description = "group of the rendered secrets/ files (see run_as_uid)"
+  type        = number
+  default     = -1
+}
 variable "datalab_home" {
   description = "raw_exec: the shared datasets/models directory (docker mounts the host volume)"
   type        = string
@@ -76,9 +86,10 @@ variable "version_tag" {
 # -----------------------------------------------------------------------------------------
 
 locals {
-  http_port = lookup(var.ports, "traefik_http", 8080)
-  ping_port = lookup(var.ports, "traefik_ping", 8082)
-  resources = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
+  http_port  = lookup(var.ports, "traefik_http", 8080)
+  https_port = lookup(var.ports, "traefik_https", 8443)
+  ping_port  = lookup(var.ports, "traefik_ping", 8082)
+  resources  = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
 }
 
 job "traefik" {
@@ -98,6 +109,9 @@ job "traefik" {
     network {
       port "http" {
         static = local.http_port
+      }
+      port "https" {
+        static = local.https_port
       }
       port "ping" {
         static = local.ping_port
@@ -126,32 +140,54 @@ job "traefik" {
 
     task "traefik" {
       driver = var.driver
-      user   = var.driver == "raw_exec" ? var.run_as_user : ""
+      # raw_exec: the unprivileged user by name; docker: the same ids (or the image's USER
+      # when run_as_uid is -1). The secrets/ files below are owned by these ids.
+      user = var.driver == "raw_exec" ? var.run_as_user : (var.run_as_uid >= 0 ? "${var.run_as_uid}:${var.run_as_gid}" : "")
+
+      # Nomad logs this task into Consul with its workload identity (auth method
+      # `nomad-workloads`, when the servers set consul.task_identity) and hands it the
+      # token (CONSUL_HTTP_TOKEN): the Consul Catalog provider reads the catalog with it
+      # (endpoint.token below; Traefik ignores CONSUL_HTTP_TOKEN). On a dev agent without a
+      # Consul task identity the token is empty and nothing changes.
+      consul {}
 
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
         content {
           image        = "traefik:v3.7"
           network_mode = "host"
-          args         = ["--configFile=${NOMAD_TASK_DIR}/traefik.yml"]
+          args         = ["--configFile=${NOMAD_SECRETS_DIR}/traefik.yml"]
         }
       }
       dynamic "config" {
         for_each = var.driver == "raw_exec" ? [1] : []
         content {
           command = "${var.venv}/bin/traefik"
-          args    = ["--configFile=${NOMAD_TASK_DIR}/traefik.yml"]
+          args    = ["--configFile=${NOMAD_SECRETS_DIR}/traefik.yml"]
         }
       }
 
       # Static configuration: entrypoints, the Consul Catalog provider, the file provider.
+      # In secrets/ (owned by the task's user), as it carries the task's Consul token.
+      # Routers from Consul tags name no entrypoint: they join the asDefault ones (web,
+      # websecure), never `ping`. websecure terminates TLS (Traefik's default certificate
+      # until a certificate resolver or a file-provider certificate is configured).
       template {
-        destination = "local/traefik.yml"
+        destination = "secrets/traefik.yml"
         change_mode = "restart"
+        perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = <<-EOT
           entryPoints:
             web:
               address: ":${local.http_port}"
+              asDefault: true
+            websecure:
+              address: ":${local.https_port}"
+              asDefault: true
+              http:
+                tls: {}
             ping:
               address: ":${local.ping_port}"
           ping:
@@ -159,7 +195,9 @@ job "traefik" {
           providers:
             consulCatalog:
               endpoint:
-                address: "${trimprefix(var.consul_addr, "http://")}"
+                address: "${split("://", var.consul_addr)[1]}"
+                scheme: "${split("://", var.consul_addr)[0]}"
+                token: "{{ env "CONSUL_HTTP_TOKEN" }}"
               exposedByDefault: false
               strictChecks: ["passing"]
               refreshInterval: 5s

@@ -9,6 +9,10 @@ client {
   enabled           = true
   servers           = ["nomad.service.consul:4647"]
   network_interface = "eth1" # the private NIC (Vagrant: 192.168.56.0/21)
+  # Not under data_dir, which Nomad keeps 0700: raw_exec tasks run as an unprivileged user
+  # and must reach their task dir. Provisioning creates /opt/nomad 0755 (Nomad makes
+  # alloc_dir 0711).
+  alloc_dir = "/opt/nomad/alloc"
 
   host_volume "datalab" {
     path      = "/srv/datalab"
@@ -38,10 +42,13 @@ tls {
   key_file  = "/etc/nomad.d/tls/client-key.pem"
 }
 
+# The agent's own Consul token (registering the agent, reading the catalog for server
+# discovery) comes from the environment, CONSUL_HTTP_TOKEN in the systemd unit's
+# EnvironmentFile: never in this file. Tasks get theirs through workload identity.
 consul {
-  address              = "127.0.0.1:8500"
-  service_auth_method  = "nomad-workloads"
-  task_auth_method     = "nomad-workloads"
+  address             = "127.0.0.1:8500"
+  service_auth_method = "nomad-workloads"
+  task_auth_method    = "nomad-workloads"
 }
 
 vault {

@@ -11,16 +11,19 @@ server {
 
 client {
   enabled = true
+  # Outside data_dir: Nomad creates data_dir (and any missing parent) 0700, so a raw_exec
+  # task running as `datalab` could not enter its own task dir there ("fork/exec ...:
+  # permission denied"). Nomad creates alloc_dir itself 0711.
+  alloc_dir = "/tmp/datalab-nomad-dev-alloc"
   options = {
     # env_aws aborts the agent when AWS_CA_BUNDLE is set, and the cloud fingerprinters
     # probe 169.254.169.254: neither belongs on a dev agent.
     "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
   }
 
-  host_volume "datalab" {
-    path      = "/tmp/datalab"
-    read_only = false
-  }
+  # No host volumes: the agent refuses to start when a volume's path is missing ("failed to
+  # validate volume datalab ... no such file or directory"), and the raw_exec jobs use
+  # datalab_home directly. The Docker variant (client.hcl) mounts the `datalab` volume.
 }
 
 plugin "raw_exec" {

@@ -1,5 +1,8 @@
 # One machine, real Nomad/Consul/Vault dev agents, the raw_exec driver (`make e2e`).
-# `make e2e` adds the machine-specific paths with --var (venv, datalab_home, consul_addr).
+# `make e2e` adds the machine-specific values with --var: venv, datalab_home, consul_addr,
+# and run_as_uid / run_as_gid = the ids of run_as_user (`id -u datalab`, `id -g datalab`).
+# Without those two the secrets/ files stay root-owned (0400) and the tasks, running as
+# run_as_user, cannot read them.
 datacenters = ["dc1"]
 driver      = "raw_exec"
 run_as_user = "datalab"

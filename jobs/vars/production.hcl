@@ -18,3 +18,7 @@ resources = {
 }
 gpu_count      = 1
 gpu_min_memory = "16 GiB"
+# The containers run as this uid:gid (the task's docker `user`), which owns their rendered
+# secrets/ files; /srv/datalab on the clients belongs to it (provisioning).
+run_as_uid = 10001
+run_as_gid = 10001

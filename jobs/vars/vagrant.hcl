@@ -13,3 +13,7 @@ counts = {
   viz     = 2
 }
 gpu_count = 0 # VAGRANT_GPU=1 gives a client a GPU: deploy ai with --var gpu_count=1
+# The containers run as this uid:gid (the task's docker `user`), which owns their rendered
+# secrets/ files; /srv/datalab on the clients belongs to it (provisioning).
+run_as_uid = 10001
+run_as_gid = 10001

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -124,7 +125,13 @@ def _url(entry: dict) -> str:
 
 def create_discovery(settings: BaseServiceSettings, secrets: SecretStore | None = None) -> Discovery:
     if settings.discovery == "consul":
-        # Under Nomad with Consul workload identity the task's token is secrets/consul_token.
-        token = secrets.read("consul_token") if secrets else None
+        # Nomad gives a task its Consul token as CONSUL_HTTP_TOKEN and as secrets/consul_token
+        # (root:root 0640, unreadable by a non-root container user): environment first.
+        token = os.environ.get("CONSUL_HTTP_TOKEN") or None
+        if token is None and secrets:
+            try:
+                token = secrets.read("consul_token")
+            except PermissionError:
+                token = None
         return ConsulDiscovery(settings.consul_addr, token=token)
     return StaticDiscovery(settings.static_services)

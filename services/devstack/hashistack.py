@@ -148,6 +148,9 @@ ports {{
   serf = {self.serf_port}
 }}
 client {{
+  # Outside data_dir (which Nomad keeps 0700): tasks running as an unprivileged user must
+  # be able to reach their own task directory.
+  alloc_dir = "{root / 'alloc'}"
   options = {{
     # env_aws aborts the agent when AWS_CA_BUNDLE is set (as on these machines), and the
     # cloud fingerprinters probe 169.254.169.254: neither belongs on a dev agent.
@@ -176,6 +179,7 @@ plugin "raw_exec" {{
 
     def start(self, timeout: float = 60) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "alloc").mkdir(mode=0o711, exist_ok=True)
         (self.root / "agent.hcl").write_text(self.config)
         self.process.start()
 

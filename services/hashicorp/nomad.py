@@ -9,6 +9,7 @@ its allocations are followed instead. Exit status is non-zero with the reason on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -38,7 +39,8 @@ def parse_job(api: nomad.Nomad, path: Path, var_files: list[Path], variables: li
     var_text = "\n".join(f.read_text() for f in var_files)
     for item in variables:
         key, _, value = item.partition("=")
-        var_text += f'\n{key} = "{value}"' if not value.lstrip("-").replace(".", "").isdigit() else f"\n{key} = {value}"
+        raw = value.strip().startswith(("{", "[")) or value.lstrip("-").replace(".", "").isdigit()
+        var_text += f"\n{key} = {value}" if raw else f"\n{key} = {json.dumps(value)}"
     return api.jobs.request(
         "parse",
         json={"JobHCL": path.read_text(), "Variables": var_text, "Canonicalize": True},
@@ -169,10 +171,21 @@ def _failing_allocs(api, job_id: str) -> str:
             continue
         for task, state in (alloc.get("TaskStates") or {}).items():
             events = state.get("Events") or []
-            if events:
-                e = events[-1]
+            for e in events[-3:]:  # the cause is often just before "Not Restarting"
                 lines.append(f"  alloc {alloc['ID'][:8]} task {task}: {e.get('Type')}: {e.get('DisplayMessage', '')}")
-    return ("\n" + "\n".join(lines[:10])) if lines else ""
+            lines += [f"    {line}" for line in _log_tail(api, alloc["ID"], task)]
+        if lines:
+            break  # one failing allocation's story is enough
+    return ("\n" + "\n".join(lines[:40])) if lines else ""
+
+
+def _log_tail(api, alloc_id: str, task: str, lines: int = 12) -> list[str]:
+    """The end of a task's stderr (its traceback, usually)."""
+    try:
+        text = api.client.stream_logs.stream(alloc_id, task, "stderr", origin="end", offset=4000, plain=True)
+    except Exception:  # logs are a courtesy; the events above still say what happened
+        return []
+    return str(text).strip().splitlines()[-lines:]
 
 
 def _error_text(exc: Exception) -> str:

@@ -48,3 +48,71 @@ def test_consul_validates_its_configs(tmp_path, name):
     text = (CONFIG / "consul" / name).read_text().replace('{{ GetInterfaceIP \\"eth1\\" }}', "127.0.0.1")
     (tmp_path / name).write_text(text)
     _validate([find_binary("consul"), "validate", str(tmp_path / name)])
+
+
+def _hcl(*parts: str) -> dict:
+    def clean(node):
+        if isinstance(node, dict):
+            return {k.strip('"'): clean(v) for k, v in node.items() if not k.startswith("__")}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
+            return node[1:-1]
+        return node
+
+    return clean(hcl2.loads(CONFIG.joinpath(*parts).read_text()))
+
+
+def test_nomad_dev_config_carries_the_fingerprint_denylist_of_this_machine():
+    reference = hcl2.loads((CONFIG.parent / "tools" / "hashistack" / "nomad-dev.hcl").read_text())
+    expected = reference["client"][0]["options"]["\"fingerprint.denylist\""].strip('"')
+    dev = _hcl("nomad", "dev.hcl")
+    assert dev["client"][0]["options"]["fingerprint.denylist"] == expected
+
+
+@pytest.mark.parametrize("name", ["dev.hcl", "client.hcl"])
+def test_nomad_alloc_dir_is_outside_the_0700_data_dir(name):
+    """Nomad creates data_dir 0700: raw_exec tasks running as `datalab` could not enter a
+    task dir under it ("fork/exec ...: permission denied", seen on Nomad 1.10.5)."""
+    config = _hcl("nomad", name)
+    alloc_dir = Path(config["client"][0]["alloc_dir"])
+    assert not alloc_dir.is_relative_to(Path(config["data_dir"]))
+
+
+def test_nomad_workload_identity_for_vault_and_consul():
+    server, client = _hcl("nomad", "server.hcl"), _hcl("nomad", "client.hcl")
+    consul = server["consul"][0]
+    for block in ("service_identity", "task_identity"):
+        assert consul[block][0]["aud"] == ["consul.io"], block
+    vault = server["vault"][0]
+    assert vault["default_identity"][0]["aud"] == ["vault.io"] and vault["jwt_auth_backend_path"] == "jwt-nomad/"
+    assert "token" not in vault and "create_from_role" not in vault  # the token integration is gone
+    assert client["consul"][0]["service_auth_method"] == client["consul"][0]["task_auth_method"] == "nomad-workloads"
+    assert {"docker", "raw_exec"} <= {k for p in client["plugin"] for k in p}
+    volumes = {k for v in client["client"][0]["host_volume"] for k in v}
+    assert volumes == {"datalab", "postgres", "redis"}
+    gpu = _hcl("nomad", "client-gpu.hcl")
+    assert gpu["plugin_dir"] and "nomad-device-nvidia" in {k for p in gpu["plugin"] for k in p}
+
+
+@pytest.mark.parametrize("name", ["server.hcl", "client.hcl"])
+def test_consul_acls_default_deny(name):
+    acl = _hcl("consul", name)["acl"][0]
+    assert acl["enabled"] is True and acl["default_policy"] == "deny"
+
+
+def test_traefik_entrypoints_and_catalog():
+    static = yaml.safe_load((CONFIG / "traefik" / "traefik.yml").read_text())
+    entry = static["entryPoints"]
+    assert entry["web"]["asDefault"] and entry["websecure"]["asDefault"] and "tls" in entry["websecure"]["http"]
+    assert not entry["ping"].get("asDefault") and static["ping"]["entryPoint"] == "ping"
+    catalog = static["providers"]["consulCatalog"]
+    assert catalog["strictChecks"] == ["passing"] and static["providers"]["file"]["filename"].endswith("dynamic.yml")
+    auth = yaml.safe_load((CONFIG / "traefik" / "dynamic.yml").read_text())["http"]["middlewares"]["auth"]
+    assert auth["forwardAuth"]["trustForwardHeader"] is False
+    assert auth["forwardAuth"]["authResponseHeaders"] == ["X-User-Id", "X-User-Name", "Authorization"]
+
+
+def test_compute_dispatch_acl_policy():
+    policy = _hcl("nomad", "acl", "compute-dispatch.policy.hcl")
+    assert policy["namespace"][0]["default"]["capabilities"] == ["dispatch-job", "read-job", "list-jobs"]

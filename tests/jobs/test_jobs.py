@@ -105,7 +105,12 @@ def test_service_jobs_have_the_deployment_shape(service):
     assert f"traefik.http.routers.{service}.rule=PathPrefix(`{SERVICES[service]}`)" in tags
     middlewares = next(t for t in tags if ".middlewares=" in t).split("=", 1)[1].split(",")
     assert middlewares == (["retry@file"] if service == "gateway" else ["auth@file", "retry@file"])
-    assert "traefik.consulcatalog.canary=true" in svc["canary_tags"]
+    canary = svc["canary_tags"]
+    assert "traefik.consulcatalog.canary=true" in canary and "traefik.enable=true" in canary
+    # The canary's own router: same path (plus an opt-in header), same middlewares as stable.
+    rule = next(t for t in canary if ".rule=" in t)
+    assert f"PathPrefix(`{SERVICES[service]}`)" in rule and f"routers.{service}-canary." in rule
+    assert next(t for t in canary if ".middlewares=" in t).split("=", 1)[1].split(",") == middlewares
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
@@ -119,10 +124,15 @@ def test_each_task_has_its_own_vault_role_and_the_right_secrets(path):
             vault = task["vault"][0]
             role = {"compute-batch": "nomad-compute"}.get(name, f"nomad-{name}")
             assert vault["role"] == role and vault.get("env") is False
+            assert vault.get("disable_file") is True  # no secrets/vault_token: the app never uses it
             templates = {t["destination"]: t for t in task.get("template", [])}
             for dest, t in templates.items():
                 if dest.startswith("secrets/"):
                     assert t.get("perms") == "0400", dest
+                    if name not in ("postgres", "redis"):
+                        # Owned by the user the task runs as, or it cannot read them (raw_exec
+                        # as `datalab`: PermissionError on a root-owned 0400 file).
+                        assert (t.get("uid"), t.get("gid")) == ("${var.run_as_uid}", "${var.run_as_gid}"), dest
             if name in WITH_DB:
                 db = templates["secrets/db.json"]
                 assert db["change_mode"] == "noop" and f'database/creds/{name}' in db["data"]
@@ -130,6 +140,25 @@ def test_each_task_has_its_own_vault_role_and_the_right_secrets(path):
                 assert "secrets/db.json" not in templates
             if name in SERVICES or name == "compute-batch":
                 assert "secrets/redis_password" in templates
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_tasks_that_use_consul_get_their_own_consul_token(path):
+    """Under Consul ACLs (default deny) Nomad gives a task a Consul token (workload identity)
+    only when the task has a `consul` block: templates' `service` lookups, the app's
+    discovery and Traefik's catalog reads need one."""
+    name, body = job_body(path)
+    for group in groups(body).values():
+        for task_name, task in tasks(group).items():
+            uses_consul = name == "traefik" or any('service "' in t["data"] for t in task.get("template", []))
+            assert ("consul" in task) == uses_consul, f"{name}/{task_name}"
+
+
+def test_compute_api_has_a_nomad_identity_file_for_dispatch():
+    _, body = job_body(ROOT / "jobs" / "compute.nomad.hcl")
+    api = tasks(groups(body)["api"])["compute"]
+    assert api["identity"][0]["file"] is True  # secrets/nomad_token, read by NomadDispatcher
+    assert "identity" not in tasks(groups(body)["workers"])["worker"]
 
 
 def test_gateway_alone_holds_the_signing_key():
@@ -142,8 +171,16 @@ def test_gateway_alone_holds_the_signing_key():
 
 def test_no_secret_values_in_jobs_or_configs():
     literal = re.compile(r'(password|secret|token|api_key)\s*=\s*"[^"${]{6,}"', re.I)
+    # YAML (Traefik): `token: <literal>`, `password: <literal>`; a template action is fine.
+    yaml_literal = re.compile(r'^\s*(password|secret|token|api_?key)\w*:\s*["\']?(?!\{\{)[^\s"\'#{][^\s"\']{5,}',
+                              re.I | re.M)
     for path in list((ROOT / "jobs").rglob("*.hcl")) + list((ROOT / "config").rglob("*.hcl")):
         assert not literal.search(path.read_text()), path
+    for path in (ROOT / "config").rglob("*.yml"):
+        assert not yaml_literal.search(path.read_text()), path
+    # and the probe itself works
+    assert literal.search('password = "hunter2hunter2"') and yaml_literal.search("  token: s.abcdef123456")
+    assert not yaml_literal.search('  token: "{{ env "CONSUL_HTTP_TOKEN" }}"')
 
 
 @needs_nomad
@@ -179,6 +216,76 @@ def test_gpu_device_only_when_asked():
 @needs_nomad
 def test_compute_batch_is_parameterized():
     job = rendered(ROOT / "jobs" / "compute-batch.nomad.hcl")
-    assert job["Type"] == "batch" and job["ParameterizedJob"]["MetaRequired"] == ["rq_job_id"]
-    env = job["TaskGroups"][0]["Tasks"][0]["Env"]
+    # NomadDispatcher.submit sends exactly these two meta keys.
+    assert job["Type"] == "batch" and job["ParameterizedJob"]["MetaRequired"] == ["rq_job_id", "job_type"]
+    assert job["ParameterizedJob"]["Payload"] == "optional"
+    task = job["TaskGroups"][0]["Tasks"][0]
+    assert task["DispatchPayload"]["File"] == "payload.json"
+    env = task["Env"]
     assert env["DATALAB_WORKER_MAX_JOBS"] == "1" and env["DATALAB_WORKER_BURST"] == "true"
+
+
+@needs_nomad
+@pytest.mark.parametrize("path", [p for p in JOBS if p.stem.split(".")[0] not in ("postgres", "redis")],
+                         ids=lambda p: p.name)
+def test_secrets_belong_to_the_user_the_task_runs_as(path):
+    local = ROOT / "jobs" / "vars" / "local.hcl"
+    raw = rendered(path, local, ("run_as_uid=995", "run_as_gid=994"))
+    docker = rendered(path, ROOT / "jobs" / "vars" / "vagrant.hcl")
+    default_docker = rendered(path, None)
+    for job, user, owner in ((raw, "datalab", (995, 994)), (docker, "10001:10001", (10001, 10001)),
+                             (default_docker, "", (-1, -1))):  # -1: the agent's user (root)
+        for group in job["TaskGroups"]:
+            for task in group["Tasks"]:
+                assert task["User"] == user, (group["Name"], task["Name"])
+                secrets = [t for t in task["Templates"] if t["DestPath"].startswith("secrets/")]
+                assert secrets and all((t["Uid"], t["Gid"]) == owner for t in secrets), task["Name"]
+
+
+@needs_nomad
+def test_traefik_static_config_rendered_by_nomad():
+    import yaml
+
+    job = rendered(ROOT / "jobs" / "traefik.nomad.hcl", ROOT / "jobs" / "vars" / "local.hcl",
+                   ("ports={ traefik_http = 18080, traefik_https = 18443, traefik_ping = 18082 }",))
+    assert job["Type"] == "system"
+    (task,) = job["TaskGroups"][0]["Tasks"]
+    assert task["Config"]["args"] == ["--configFile=${NOMAD_SECRETS_DIR}/traefik.yml"]
+    static = next(t for t in task["Templates"] if t["DestPath"] == "secrets/traefik.yml")
+    config = yaml.safe_load(static["EmbeddedTmpl"].replace('"{{ env "CONSUL_HTTP_TOKEN" }}"', '""')
+                            .replace('"{{ env "NOMAD_TASK_DIR" }}', '"/local'))
+    entry = config["entryPoints"]
+    assert entry["web"] == {"address": ":18080", "asDefault": True}
+    assert entry["websecure"]["address"] == ":18443" and entry["websecure"]["asDefault"] is True
+    assert "tls" in entry["websecure"]["http"] and "asDefault" not in entry["ping"]
+    catalog = config["providers"]["consulCatalog"]
+    assert catalog["exposedByDefault"] is False and catalog["strictChecks"] == ["passing"]
+    assert catalog["endpoint"]["token"] == ""  # rendered from the task's CONSUL_HTTP_TOKEN
+    assert '{{ env "CONSUL_HTTP_TOKEN" }}' in static["EmbeddedTmpl"]
+    ports = {p["Label"]: p["Value"] for p in job["TaskGroups"][0]["Networks"][0]["ReservedPorts"]}
+    assert ports == {"http": 18080, "https": 18443, "ping": 18082}
+    dynamic = yaml.safe_load(next(t for t in task["Templates"] if t["DestPath"] == "local/dynamic.yml")["EmbeddedTmpl"])
+    assert set(dynamic["http"]["middlewares"]) == {"auth", "retry"}
+    auth = dynamic["http"]["middlewares"]["auth"]["forwardAuth"]
+    assert auth["address"].endswith(":18080/api/v1/auth/verify") and auth["trustForwardHeader"] is False
+    assert auth["authResponseHeaders"] == ["X-User-Id", "X-User-Name", "Authorization"]
+
+
+@needs_nomad
+def test_postgres_and_redis_keep_data_on_host_volumes():
+    pg = rendered(ROOT / "jobs" / "postgres.nomad.hcl")["TaskGroups"][0]
+    assert pg["Volumes"]["postgres"]["Type"] == "host"
+    # PostgreSQL >= 18 images: one mount at /var/lib/postgresql, PGDATA left to the image.
+    assert pg["Tasks"][0]["VolumeMounts"][0]["Destination"] == "/var/lib/postgresql"
+    assert "PGDATA" not in (pg["Tasks"][0]["Env"] or {})
+    redis = rendered(ROOT / "jobs" / "redis.nomad.hcl")["TaskGroups"][0]
+    conf = next(t for t in redis["Tasks"][0]["Templates"] if t["DestPath"] == "secrets/redis.conf")
+    assert (conf["Uid"], conf["Gid"]) == (999, 999)  # the image's redis user reads it
+    assert "requirepass {{ with secret" in conf["EmbeddedTmpl"]
+
+
+@needs_nomad
+def test_nomad_fmt_is_clean():
+    out = subprocess.run([NOMAD, "fmt", "-check", "-recursive", str(ROOT / "jobs"), str(ROOT / "config" / "nomad")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"not `nomad fmt`-formatted:\n{out.stdout}{out.stderr}"
