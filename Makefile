@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test bench hashistack clean
+.PHONY: install up test e2e bench hashistack clean
 
 install: $(SYNCED)
 
@@ -29,6 +29,11 @@ test: install
 
 clean:
 	rm -rf $(VENV) $(TOOLS)
+
+# Every job deployed for real on this machine: Consul, Nomad, OpenBao dev agents, Vault
+# bootstrap, `datalab deploy`, then the platform flow through Traefik (services/devstack/e2e.py).
+e2e: install hashistack
+	$(VENV)/bin/python -m datalab.devstack.e2e
 
 # Consul and Nomad from Go modules (tools/hashistack/README.md); seconds when cached.
 hashistack:

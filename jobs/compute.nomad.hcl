@@ -251,6 +251,9 @@ job "compute" {
         DATALAB_PORT        = "${NOMAD_PORT_http}"
         DATALAB_HOME        = var.driver == "docker" ? "/srv/datalab" : var.datalab_home
         DATALAB_SECRETS_DIR = "${NOMAD_SECRETS_DIR}"
+        # raw_exec inherits the agent's HOME (/root), where libraries look (asyncpg:
+        # ~/.postgresql). The task's own directory is its home.
+        HOME                = "${NOMAD_TASK_DIR}"
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level
@@ -409,9 +412,12 @@ job "compute" {
         DATALAB_WORKER_METRICS_PORT = "${NOMAD_PORT_metrics}"
         DATALAB_HOME                = var.driver == "docker" ? "/srv/datalab" : var.datalab_home
         DATALAB_SECRETS_DIR         = "${NOMAD_SECRETS_DIR}"
-        DATALAB_DISCOVERY           = "consul"
-        DATALAB_CONSUL_ADDR         = var.consul_addr
-        DATALAB_LOG_LEVEL           = var.log_level
+        # raw_exec inherits the agent's HOME (/root), where libraries look (asyncpg:
+        # ~/.postgresql). The task's own directory is its home.
+        HOME                = "${NOMAD_TASK_DIR}"
+        DATALAB_DISCOVERY   = "consul"
+        DATALAB_CONSUL_ADDR = var.consul_addr
+        DATALAB_LOG_LEVEL   = var.log_level
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

@@ -241,6 +241,9 @@ job "viz" {
         DATALAB_PORT        = "${NOMAD_PORT_http}"
         DATALAB_HOME        = var.driver == "docker" ? "/srv/datalab" : var.datalab_home
         DATALAB_SECRETS_DIR = "${NOMAD_SECRETS_DIR}"
+        # raw_exec inherits the agent's HOME (/root), where libraries look (asyncpg:
+        # ~/.postgresql). The task's own directory is its home.
+        HOME                = "${NOMAD_TASK_DIR}"
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level

@@ -179,13 +179,16 @@ def _failing_allocs(api, job_id: str) -> str:
     return ("\n" + "\n".join(lines[:40])) if lines else ""
 
 
-def _log_tail(api, alloc_id: str, task: str, lines: int = 12) -> list[str]:
-    """The end of a task's stderr (its traceback, usually)."""
-    try:
-        text = api.client.stream_logs.stream(alloc_id, task, "stderr", origin="end", offset=4000, plain=True)
-    except Exception:  # logs are a courtesy; the events above still say what happened
-        return []
-    return str(text).strip().splitlines()[-lines:]
+def _log_tail(api, alloc_id: str, task: str, lines: int = 8) -> list[str]:
+    """The end of a task's stderr and stdout (JSON logs go to stdout; tracebacks to either)."""
+    out = []
+    for stream in ("stderr", "stdout"):
+        try:
+            text = api.client.stream_logs.stream(alloc_id, task, stream, origin="end", offset=3000, plain=True)
+        except Exception:  # logs are a courtesy; the events above still say what happened
+            continue
+        out += [f"{stream}: {line[-400:]}" for line in str(text).strip().splitlines()[-lines:]]
+    return out
 
 
 def _error_text(exc: Exception) -> str:
