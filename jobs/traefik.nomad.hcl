@@ -200,7 +200,7 @@ job "traefik" {
                 token: "{{ env "CONSUL_HTTP_TOKEN" }}"
               exposedByDefault: false
               strictChecks: ["passing"]
-              refreshInterval: 5s
+              refreshInterval: 2s # under shutdown_delay (5s): a stopping instance leaves the routes first
             file:
               filename: "{{ env "NOMAD_TASK_DIR" }}/dynamic.yml"
               watch: true

@@ -111,7 +111,7 @@ class LoadLoop:
                         self.failures.append(f"HTTP {r.status_code}: {r.text[:120]}")
                 except httpx.HTTPError as exc:
                     self.failures.append(type(exc).__name__)
-                time.sleep(0.02)
+                time.sleep(0.3)  # ~400 requests/min in all: under the gateway's per-user limit
 
     def __enter__(self) -> LoadLoop:
         for t in self.threads:
@@ -200,6 +200,35 @@ def main(argv: list[str] | None = None) -> int:
         assert leases and any("data" in n for n in names), (leases, names)
         say(f"Vault-issued credentials: {len(leases)} data lease(s); connected users: {', '.join(names)}")
         summary.append(f"flow ok; {len(leases)} data leases; users {names}")
+
+        # Fault 1: an allocation stops -> Nomad replaces it -> the flow passes again.
+        victim = next(a for a in api.job.get_allocations("data") if a["ClientStatus"] == "running")
+        api.allocation.stop_allocation(victim["ID"])
+        say(f"stopped data allocation {victim['ID'][:8]}; waiting for its replacement")
+        wait(lambda: any(a["ClientStatus"] == "running" and a["ID"] != victim["ID"]
+                         for a in api.job.get_allocations("data")), 180, "a replacement data allocation")
+        wait(lambda: passing(consul, "data") > 0, 120, "the replacement passing in Consul")
+        # Traefik learns of it at its next Consul Catalog refresh.
+        wait(lambda: httpx.get(f"{base}/api/v1/data/datasets").status_code == 401, 60, "Traefik routing to it")
+        run_flow(base, "admin", admin_password)
+        say("fault 1 (allocation stopped): replaced by Nomad, flow passes again")
+        summary.append("reschedule ok")
+
+        # Fault 2: a changed job rolls out as a canary, promoted, under a small load loop.
+        token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "admin", "password": admin_password})
+        token = token.json()["access_token"]
+        ds = httpx.post(f"{base}/api/v1/data/datasets", headers={"Authorization": f"Bearer {token}"},
+                        files={"file": ("load.csv", b"a,b\n1,2\n3,4\n", "text/csv")}).json()["id"]
+        with LoadLoop(base, token, ds) as load:
+            time.sleep(2)
+            outcome = nomad_cli.deploy_one(api, REPO / "jobs" / "data.nomad.hcl", var_files,
+                                           variables + ["version_tag=2"], promote=True, timeout=args.timeout)
+            time.sleep(2)
+        assert outcome.ok, outcome.reason
+        assert not load.failures, load.failures[:5]
+        say(f"fault 2 (canary deploy of a changed data job): {outcome.reason}; "
+            f"{load.ok} requests during the update, 0 failed")
+        summary.append(f"canary rollout ok ({load.ok} requests, 0 failed)")
         say("PASS")
         return 0
     finally:
