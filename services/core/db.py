@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from sqlalchemy import MetaData, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from .secrets import SecretStore
 from .settings import BaseServiceSettings
 
 log = logging.getLogger("datalab.db")
+T = TypeVar("T")
 
 
 def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncEngine:
@@ -63,6 +68,36 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
             if not exists:
                 await conn.execute(text(f'CREATE SCHEMA "{metadata.schema}"'))
         await conn.run_sync(metadata.create_all)
+
+
+# A session ended under us: Vault revoked the credential (its revocation ends the user's
+# sessions), PostgreSQL restarted, or a proxy dropped the connection.
+_DISCONNECT_SQLSTATES = {"57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None)
+    cause = getattr(orig, "__cause__", None) or orig
+    return getattr(cause, "sqlstate", None) in _DISCONNECT_SQLSTATES or type(cause).__name__ in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+    )
+
+
+async def read(sessions: async_sessionmaker, fn: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3) -> T:
+    """Run a read-only unit of work, again on a fresh connection if the first one was cut
+    mid-query: a credential rotation then costs a retry, not a failed request."""
+    for attempt in range(attempts):
+        try:
+            async with sessions() as session:
+                return await fn(session)
+        except DBAPIError as exc:
+            if attempt + 1 == attempts or not is_disconnect(exc):
+                raise
+            log.info("connection lost during a read; retrying on a new one")
+    raise AssertionError("unreachable")
 
 
 async def ping(engine: AsyncEngine) -> None:

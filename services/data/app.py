@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from datalab.core import events
+from datalab.core import db, events
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.auth import CurrentUser, Principal
 from datalab.core.errors import Problem
@@ -86,8 +86,7 @@ async def _owned(request: Request, dataset_id: str, principal: Principal) -> Dat
         uuid.UUID(dataset_id)
     except ValueError:
         raise Problem(404, f"No dataset {dataset_id!r}.") from None
-    async with request.app.state.sessions() as session:
-        ds = await session.get(Dataset, dataset_id)
+    ds = await db.read(request.app.state.sessions, lambda session: session.get(Dataset, dataset_id))
     if ds is None or (ds.owner_id != principal.user_id and not principal.is_admin):
         raise Problem(404, f"No dataset {dataset_id!r}.")
     return ds
