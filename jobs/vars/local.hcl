@@ -20,7 +20,7 @@ resources = {
   ai            = { cpu = 200, memory = 512 }
   compute       = { cpu = 200, memory = 256 }
   workers       = { cpu = 300, memory = 512 }
-  viz           = { cpu = 200, memory = 384 }
+  viz           = { cpu = 200, memory = 512 }
   traefik       = { cpu = 100, memory = 128 }
   compute-batch = { cpu = 300, memory = 512 }
 }
