@@ -38,4 +38,27 @@ def test_no_policy_grants_more_than_read():
                 if name.startswith("__"):  # python-hcl2's own markers
                     continue
                 caps = {c.strip('"') for c in rules["capabilities"]}
-                assert caps <= {"read", "update"} and ("update" not in caps or name.strip('"') == "auth/token/renew-self"), (path, name)
+                assert caps <= {"read", "update"}, (path, name)
+                assert "update" not in caps or name.strip('"') == "auth/token/renew-self", (path, name)
+
+
+def _block(doc: dict, kind: str) -> tuple[str, dict]:
+    (label, body), = ((k, v) for k, v in doc[kind][0].items() if not k.startswith("__"))
+    return label.strip('"'), body
+
+
+def test_server_configs_parse_and_have_the_production_shape():
+    config = POLICY_DIR.parent
+    server = hcl2.loads((config / "server.hcl").read_text())
+    assert server["ui"] is True
+    storage, raft = _block(server, "storage")
+    assert storage == "raft" and raft["path"].strip('"') and raft["node_id"].strip('"')
+    listener, tcp = _block(server, "listener")
+    assert listener == "tcp" and "tls_disable" not in tcp  # TLS on
+    assert tcp["tls_cert_file"].strip('"').endswith(".pem") and tcp["tls_key_file"].strip('"').endswith(".pem")
+    assert server["api_addr"].strip('"').startswith("https://")
+
+    dev = hcl2.loads((config / "dev.hcl").read_text())
+    assert _block(dev, "storage")[0] == "raft"  # OpenBao has no "file" backend
+    listener, tcp = _block(dev, "listener")
+    assert tcp["address"].strip('"').startswith("127.0.0.1:")  # loopback only: it has no TLS
