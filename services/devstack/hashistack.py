@@ -15,7 +15,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from .servers import Process, free_port, wait_until
+from .servers import Process, free_port, free_ports, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HASHISTACK_BIN = REPO / "tools" / "hashistack" / "bin"
@@ -43,8 +43,8 @@ class ConsulDev:
         if self.binary is None:
             raise FileNotFoundError("consul: not on PATH and not built (run tools/hashistack/build.sh consul)")
         self.root = root
-        self.http_port = free_port()
-        ports = {"-server-port": free_port(), "-serf-lan-port": free_port(), "-serf-wan-port": free_port()}
+        self.http_port, server, lan, wan = free_ports(4)
+        ports = {"-server-port": server, "-serf-lan-port": lan, "-serf-wan-port": wan}
         argv = [
             self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
             "-http-port", str(self.http_port), "-dns-port", "-1", "-grpc-port", "-1",
@@ -121,7 +121,7 @@ class NomadDev:
         if self.binary is None:
             raise FileNotFoundError("nomad: not on PATH and not built (run tools/hashistack/build.sh nomad)")
         self.root = root
-        self.http_port, self.rpc_port, self.serf_port = free_port(), free_port(), free_port()
+        self.http_port, self.rpc_port, self.serf_port = free_ports(3)
         volumes = "\n".join(
             f'  host_volume "{name}" {{\n    path = "{path}"\n    read_only = false\n  }}'
             for name, path in (host_volumes or {}).items()
