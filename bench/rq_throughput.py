@@ -20,7 +20,6 @@ from rq.serializers import JSONSerializer
 from datalab.compute.queue import queue
 from datalab.compute.tasks import execute
 from datalab.devstack.platform import Platform, PlatformConfig
-from datalab.devstack.servers import free_port
 
 JOBS = 300
 CONCURRENCY = 16
@@ -59,10 +58,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="datalab-bench-"))
     os.chmod(home, 0o755)
     names = ["gateway", "data", "compute"]
-    platform = Platform(PlatformConfig(
-        home=home, http_port=free_port(), traefik_ping_port=free_port(), postgres_port=free_port(),
-        redis_port=free_port(), service_ports={n: free_port() for n in names}, services=names,
-        worker_metrics_port=free_port(), admin_password="bench-password",
+    platform = Platform(PlatformConfig.on_free_ports(
+        home, names, admin_password="bench-password",
         extra_env={"DATALAB_RATE_LIMIT_USER_PER_MINUTE": "0", "DATALAB_RATE_LIMIT_IP_PER_MINUTE": "0"},
     ))
     platform.start()

@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 
 from datalab.devstack.platform import Platform, PlatformConfig
-from datalab.devstack.servers import free_port
 from datalab.viz.render import draw
 from datalab.viz.spec import ChartSpec
 
@@ -38,10 +37,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="datalab-bench-"))
     os.chmod(home, 0o755)
     names = ["gateway", "data", "viz"]
-    platform = Platform(PlatformConfig(
-        home=home, http_port=free_port(), traefik_ping_port=free_port(), postgres_port=free_port(),
-        redis_port=free_port(), service_ports={n: free_port() for n in names}, services=names,
-        admin_password="bench-password",
+    platform = Platform(PlatformConfig.on_free_ports(
+        home, names,         admin_password="bench-password",
     ))
     platform.start()
     try:

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from datalab.devstack.platform import DEFAULT_SERVICES, Platform, PlatformConfig
-from datalab.devstack.servers import free_port
 
 MAX_UPLOAD = 1024 * 1024  # small, so the oversize test is quick
 
@@ -27,15 +26,9 @@ def platform():
     os.chmod(home, 0o755)
     # All services by default; DATALAB_TEST_SERVICES=gateway,data,viz narrows it while working on one.
     names = os.environ.get("DATALAB_TEST_SERVICES", ",".join(DEFAULT_SERVICES)).split(",")
-    config = PlatformConfig(
-        home=home,
-        http_port=free_port(),
-        traefik_ping_port=free_port(),
-        postgres_port=free_port(),
-        redis_port=free_port(),
-        service_ports={n: free_port() for n in names},
-        services=names,
-        worker_metrics_port=free_port(),
+    config = PlatformConfig.on_free_ports(
+        home,
+        names,
         admin_password="admin-test-password",
         extra_env={
             "DATALAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),

@@ -24,7 +24,7 @@ from datalab.core.auth import generate_keypair, new_api_key
 from datalab.core.secrets import write_secret
 from datalab.core.settings import SERVICE_PORTS
 
-from .servers import Postgres, Process, Redis, ServerError, tail, traefik_binary, wait_until
+from .servers import Postgres, Process, Redis, ServerError, free_ports, tail, traefik_binary, wait_until
 
 log = logging.getLogger("datalab.devstack")
 
@@ -63,6 +63,16 @@ class PlatformConfig:
             admin_user=env.get("DATALAB_ADMIN_USER", "admin"),
             workers=int(env.get("DATALAB_WORKERS", 1)),
             admin_password=env.get("DATALAB_ADMIN_PASSWORD") or None,
+        )
+
+    @classmethod
+    def on_free_ports(cls, home: Path, services: list[str], **options) -> PlatformConfig:
+        """A platform on distinct free loopback ports (tests and benches), picked at once."""
+        ports = iter(free_ports(5 + len(services)))
+        return cls(
+            home=home, http_port=next(ports), traefik_ping_port=next(ports), postgres_port=next(ports),
+            redis_port=next(ports), worker_metrics_port=next(ports),
+            service_ports={name: next(ports) for name in services}, services=services, **options,
         )
 
     def url(self, service: str) -> str:
