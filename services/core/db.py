@@ -1,23 +1,29 @@
 """Async SQLAlchemy 2 + asyncpg, with the credential re-read for every new connection.
 
-The URL holds no user or password. A `do_connect` hook reads the current credential from
-the secrets dir each time the pool opens a connection, so when Vault issues a new user
-(Nomad re-renders `secrets/db.json`) the next connection simply uses it. `pool_pre_ping`
-drops connections whose user was revoked; `pool_recycle` bounds how long an old one lives.
+The URL holds no user or password. The pool opens each connection with the credential the
+secrets dir holds at that moment, so when Vault issues a new user (Nomad re-renders
+`secrets/db.json`) the next connection simply uses it. `pool_pre_ping` drops connections
+whose user was revoked; `pool_recycle` bounds how long an old one lives.
+
+When PostgreSQL rejects the credential (Vault revoked the lease: the user is gone), the
+connection waits, bounded, for db.json to name a new one. Nomad's template notices the
+revocation at its next lease renewal (about 2/3 of the lease TTL) and renders a fresh user;
+a request in that gap is slower, not failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy import MetaData, event, text
+import asyncpg
+from sqlalchemy import MetaData, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from .secrets import SecretStore
+from .secrets import DbCredential, SecretStore
 from .settings import BaseServiceSettings
 
 log = logging.getLogger("datalab.db")
@@ -25,27 +31,43 @@ T = TypeVar("T")
 
 
 def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncEngine:
-    engine = create_async_engine(
-        settings.database_url,
+    url = make_url(settings.database_url)
+    connect_args = {"host": url.host, "port": url.port, "database": url.database, "timeout": 5,
+                    "command_timeout": 60, **url.query}
+    wait = settings.db_credential_wait_seconds
+    last_user: list[str | None] = [None]
+
+    def current() -> DbCredential:
+        cred = secrets.db_credential(settings.db_user, settings.db_password)
+        if cred.username != last_user[0]:
+            log.info("database credential in use", extra={"db_user": cred.username})
+            last_user[0] = cred.username
+        return cred
+
+    async def connect() -> asyncpg.Connection:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            cred = current()
+            try:
+                return await asyncpg.connect(user=cred.username, password=cred.password, **connect_args)
+            except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+                if loop.time() >= deadline:
+                    raise
+                log.warning("database credential rejected (revoked?); waiting for a new one",
+                            extra={"db_user": cred.username})
+                while loop.time() < deadline and secrets.db_credential(settings.db_user, settings.db_password) == cred:
+                    await asyncio.sleep(0.25)
+
+    return create_async_engine(
+        url,
+        async_creator=connect,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
         pool_recycle=300,
         pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": 60},
     )
-    last_user: list[str | None] = [None]
-
-    @event.listens_for(engine.sync_engine, "do_connect")
-    def _credential_per_connection(dialect, conn_rec, cargs, cparams):
-        cred = secrets.db_credential(settings.db_user, settings.db_password)
-        if cred.username != last_user[0]:
-            log.info("database credential in use", extra={"db_user": cred.username})
-            last_user[0] = cred.username
-        cparams["user"] = cred.username
-        cparams["password"] = cred.password
-
-    return engine
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

@@ -45,6 +45,9 @@ class BaseServiceSettings(BaseSettings):
     db_password: str | None = None
     db_pool_size: int = 5
     db_schema: str | None = None
+    # When PostgreSQL rejects the current credential (Vault revoked the lease), a new
+    # connection waits this long for Nomad to render the next one into db.json.
+    db_credential_wait_seconds: float = 30.0
 
     redis_url: str = "redis://127.0.0.1:6379/0"
 

@@ -45,3 +45,57 @@ async def test_rotated_credential_is_used_by_the_next_connection(platform, tmp_p
     finally:
         await engine.dispose()
         platform.postgres.execute(f'DROP ROLE IF EXISTS "{new}"')
+
+
+async def test_revoked_credential_waits_for_the_next_one(platform, tmp_path):
+    """Vault revoked the user and Nomad has not re-rendered db.json yet: a new connection
+    waits for the fresh credential instead of failing the request."""
+    import asyncio
+
+    suffix = secrets.token_hex(4)
+    old, new = f"rev_old_{suffix}", f"rev_new_{suffix}"
+    write_secret(tmp_path / "db.json", json.dumps({"username": old, "password": make_role(platform, old)}))
+    settings = BaseServiceSettings(
+        database_url=f"postgresql+asyncpg://127.0.0.1:{platform.config.postgres_port}/datalab", db_pool_size=2,
+        db_credential_wait_seconds=20,
+    )
+    engine = create_engine(settings, SecretStore(tmp_path))
+
+    async def whoami() -> str:
+        async with engine.connect() as conn:
+            return await conn.scalar(text("SELECT current_user"))
+
+    async def render_later() -> None:
+        await asyncio.sleep(1.5)  # the template notices at its next renewal
+        password = make_role(platform, new)
+        write_secret(tmp_path / "db.json", json.dumps({"username": new, "password": password}))
+
+    try:
+        assert await whoami() == old
+        platform.postgres.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", old)
+        platform.postgres.execute(f'DROP ROLE "{old}"')
+        renderer = asyncio.create_task(render_later())
+        assert await whoami() == new  # waited for the render, did not fail
+        await renderer
+    finally:
+        await engine.dispose()
+        platform.postgres.execute(f'DROP ROLE IF EXISTS "{new}"')
+
+
+async def test_rejected_credential_fails_after_the_wait_without_the_password(platform, tmp_path):
+    from sqlalchemy.exc import DBAPIError
+
+    password = secrets.token_urlsafe(16)
+    write_secret(tmp_path / "db.json", json.dumps({"username": f"nobody_{secrets.token_hex(4)}", "password": password}))
+    settings = BaseServiceSettings(
+        database_url=f"postgresql+asyncpg://127.0.0.1:{platform.config.postgres_port}/datalab",
+        db_credential_wait_seconds=0.5,
+    )
+    engine = create_engine(settings, SecretStore(tmp_path))
+    try:
+        with pytest.raises(DBAPIError, match="password authentication failed") as err:
+            async with engine.connect():
+                pass
+        assert password not in str(err.value)
+    finally:
+        await engine.dispose()
