@@ -167,12 +167,19 @@ job "ai" {
         "traefik.http.routers.ai.rule=PathPrefix(`/api/v1/ai`)",
         "traefik.http.routers.ai.middlewares=auth@file,retry@file",
       ]
-      # A canary gets no public traffic until promoted, except requests that ask for it.
+      # A canary gets no public traffic until promoted, except requests that ask for it
+      # and those no stable instance is left to serve.
       canary_tags = [
         "traefik.enable=true",
         "traefik.consulcatalog.canary=true",
         "traefik.http.routers.ai-canary.rule=PathPrefix(`/api/v1/ai`) && Header(`X-Canary`, `1`)",
         "traefik.http.routers.ai-canary.middlewares=auth@file,retry@file",
+        # Lowest priority: used only when no stable instance is routed, as in the moment
+        # after a promotion when the old instances have left Consul and the promoted one
+        # still carries these tags.
+        "traefik.http.routers.ai-canary-fallback.rule=PathPrefix(`/api/v1/ai`)",
+        "traefik.http.routers.ai-canary-fallback.priority=1",
+        "traefik.http.routers.ai-canary-fallback.middlewares=auth@file,retry@file",
       ]
 
       check {
@@ -192,6 +199,10 @@ job "ai" {
         path     = "/ready"
         interval = "10s"
         timeout  = "3s"
+        # A revoked credential or a PostgreSQL restart costs seconds (requests wait for
+        # the new credential): it should not take the instance out of Traefik. A real
+        # outage still shows within 30s.
+        failures_before_critical = 3
       }
     }
 
@@ -292,6 +303,12 @@ job "ai" {
         data        = <<-EOT
           {{ with secret "database/creds/ai" }}{"username": "{{ .Data.username }}", "password": "{{ .Data.password }}"}{{ end }}
         EOT
+        # Requests wait for a replaced credential (core.db): render it as soon as Vault
+        # hands it over, not after the client's default 5s quiescence.
+        wait {
+          min = "1s"
+          max = "3s"
+        }
       }
 
       resources {

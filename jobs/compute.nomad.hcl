@@ -168,12 +168,19 @@ job "compute" {
         "traefik.http.routers.compute.rule=PathPrefix(`/api/v1/compute`)",
         "traefik.http.routers.compute.middlewares=auth@file,retry@file",
       ]
-      # A canary gets no public traffic until promoted, except requests that ask for it.
+      # A canary gets no public traffic until promoted, except requests that ask for it
+      # and those no stable instance is left to serve.
       canary_tags = [
         "traefik.enable=true",
         "traefik.consulcatalog.canary=true",
         "traefik.http.routers.compute-canary.rule=PathPrefix(`/api/v1/compute`) && Header(`X-Canary`, `1`)",
         "traefik.http.routers.compute-canary.middlewares=auth@file,retry@file",
+        # Lowest priority: used only when no stable instance is routed, as in the moment
+        # after a promotion when the old instances have left Consul and the promoted one
+        # still carries these tags.
+        "traefik.http.routers.compute-canary-fallback.rule=PathPrefix(`/api/v1/compute`)",
+        "traefik.http.routers.compute-canary-fallback.priority=1",
+        "traefik.http.routers.compute-canary-fallback.middlewares=auth@file,retry@file",
       ]
 
       check {
@@ -193,6 +200,10 @@ job "compute" {
         path     = "/ready"
         interval = "10s"
         timeout  = "3s"
+        # A revoked credential or a PostgreSQL restart costs seconds (requests wait for
+        # the new credential): it should not take the instance out of Traefik. A real
+        # outage still shows within 30s.
+        failures_before_critical = 3
       }
     }
 

@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     from datalab.hashicorp import vault as vault_cli
 
     vault_cli.add_arguments(p_boot)
+    from datalab.hashicorp import cluster_checks
+
+    cluster_checks.add_arguments(sub.add_parser(
+        "cluster-test", help="the platform flow and fault checks against a running cluster (what make e2e runs)"))
     args = parser.parse_args(argv)
     if args.command == "deploy":
         return nomad_cli.run_deploy(args)
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return nomad_cli.run_status(args)
     if args.command == "vault":
         return vault_cli.run(args)
+    if args.command == "cluster-test":
+        return cluster_checks.run(args)
     if args.command == "worker":
         from datalab.compute.worker import run_worker
 

@@ -41,9 +41,11 @@ def sample_csv(rows: int = 200, seed: int = 1) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def run_flow(base_url: str, username: str, password: str, timeout: float = 120) -> FlowReport:
+def run_flow(base_url: str, username: str, password: str, timeout: float = 120,
+             verify: bool | str = True) -> FlowReport:
+    """`verify`: a CA bundle path when the edge serves TLS with the cluster's own CA."""
     report = FlowReport()
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(base_url=base_url, timeout=60, verify=verify) as http:
 
         def step(name: str, fn):
             start = time.perf_counter()

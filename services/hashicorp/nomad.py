@@ -31,6 +31,8 @@ def client(address: str | None = None, token: str | None = None) -> nomad.Nomad:
         token=token or os.environ.get("NOMAD_TOKEN"),
         timeout=30,
         verify=os.environ.get("NOMAD_CACERT") or False,
+        # Nomad's own variables for mutual TLS (verify_https_client on the agents)
+        cert=tuple(filter(None, (os.environ.get("NOMAD_CLIENT_CERT"), os.environ.get("NOMAD_CLIENT_KEY")))),
     )
 
 

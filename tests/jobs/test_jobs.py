@@ -111,6 +111,14 @@ def test_service_jobs_have_the_deployment_shape(service):
     rule = next(t for t in canary if ".rule=" in t)
     assert f"PathPrefix(`{SERVICES[service]}`)" in rule and f"routers.{service}-canary." in rule
     assert next(t for t in canary if ".middlewares=" in t).split("=", 1)[1].split(",") == middlewares
+    # ...and a lowest-priority fallback on the plain path, so that the moment after a
+    # promotion (old instances gone, the promoted one still canary-tagged) is not a 404.
+    fallback = f"traefik.http.routers.{service}-canary-fallback"
+    assert f"{fallback}.rule=PathPrefix(`{SERVICES[service]}`)" in canary
+    assert f"{fallback}.priority=1" in canary
+    assert f"{fallback}.middlewares={','.join(middlewares)}" in canary
+    ready = paths["/ready"]
+    assert ready.get("failures_before_critical", 0) >= 2, "a credential gap must not unroute the instance"
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
