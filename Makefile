@@ -9,13 +9,14 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test e2e bench hashistack clean
+.PHONY: install up test lint e2e bench hashistack clean
 
 install: $(SYNCED)
 
+# uv pinned: the Dockerfile's UV_VERSION is the same (tests/jobs/test_image.py).
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
-	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check 'uv>=0.5,<1'
+	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check 'uv==0.13.9'
 
 $(SYNCED): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra embedded --group dev --python $(PYTHON)
@@ -26,6 +27,10 @@ up: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# Static checks of what needs VMs or Docker to run (Vagrantfile, scripts, Dockerfile).
+lint: install
+	scripts/lint
 
 clean:
 	rm -rf $(VENV) $(TOOLS)

@@ -1,6 +1,11 @@
 # Production: Docker driver, the released image, more instances, a GPU for ai.
 datacenters = ["dc1", "dc2"]
 driver      = "docker"
+# PLACEHOLDER: your registry's path for the image, tagged with pyproject.toml's version
+# (tests/jobs/test_image.py). Publish it with
+#   scripts/build-image --tag <registry>/datalab:<version> && docker push <registry>/datalab:<version>
+# Registry credentials belong in the Nomad clients' docker plugin config (auth.config /
+# a credential helper), never here. Pinning a digest (`...:0.1.0@sha256:...`) also works.
 image       = "registry.example.internal/datalab:0.1.0"
 consul_addr = "http://127.0.0.1:8500"
 counts = {

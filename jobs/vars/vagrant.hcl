@@ -2,6 +2,10 @@
 # scripts/build-image and loaded into each client.
 datacenters = ["dc1"]
 driver      = "docker"
+# The image no registry serves: each client builds it (`scripts/build-image` in the synced
+# folder) or loads the tarball `scripts/build-image --save` wrote under .cluster/images/.
+# The docker driver runs a local image without pulling (any tag but `latest`). The tag is
+# pyproject.toml's version (tests/jobs/test_image.py).
 image       = "datalab:0.1.0"
 consul_addr = "http://127.0.0.1:8500" # each client's own Consul agent
 counts = {
