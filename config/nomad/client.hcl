@@ -1,6 +1,8 @@
 # Nomad client (cluster): Docker for the services, raw_exec enabled for the virtualenv
 # variant, host volumes for shared data and the databases. Each client talks to its own
-# local Consul agent (sharing one causes flapping).
+# local Consul agent (sharing one causes flapping). scripts/provision/40-nomad.sh copies it as
+# /etc/nomad.d/nomad.hcl next to the node's own part (node.hcl: name, advertise,
+# network_interface found by the node's IP, server_join).
 datacenter = "dc1"
 data_dir   = "/opt/nomad/data"
 bind_addr  = "0.0.0.0"
@@ -40,6 +42,10 @@ tls {
   ca_file   = "/etc/nomad.d/tls/ca.pem"
   cert_file = "/etc/nomad.d/tls/client.pem"
   key_file  = "/etc/nomad.d/tls/client-key.pem"
+
+  # HTTPS takes no client certificate: Consul and Vault fetch Nomad's JWKS (workload
+  # identity), CLIs and the UI bring ACL tokens. RPC between agents stays mutual TLS.
+  verify_https_client = false
 }
 
 # The agent's own Consul token (registering the agent, reading the catalog for server
@@ -54,6 +60,7 @@ consul {
 vault {
   enabled = true
   address = "https://vault.service.consul:8200"
+  ca_file = "/etc/nomad.d/tls/ca.pem" # Vault's certificate: the cluster CA
 }
 
 plugin "docker" {

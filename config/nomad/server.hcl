@@ -1,13 +1,15 @@
-# Nomad server (cluster). Rendered onto each server by scripts/provision; TLS files come
-# from the cluster CA. Vault and Consul are reached through workload identity (Nomad >= 1.7;
-# the token integration is gone in 1.10).
+# Nomad server (cluster). scripts/provision/40-nomad.sh copies it as /etc/nomad.d/nomad.hcl
+# next to the node's own part (node.hcl: name, advertise, server_join, bootstrap_expect); TLS
+# files come from the cluster CA (20-tls); the agent's Consul token is CONSUL_HTTP_TOKEN in
+# the unit's root-only EnvironmentFile. Vault and Consul are reached through workload
+# identity (Nomad >= 1.7; the token integration is gone in 1.10).
 datacenter = "dc1"
 data_dir   = "/opt/nomad/data"
 bind_addr  = "0.0.0.0"
 
 server {
   enabled          = true
-  bootstrap_expect = 1 # 3 for a three-server cluster
+  bootstrap_expect = 1 # provisioning: the number of servers (node.hcl)
 }
 
 acl {
@@ -20,6 +22,10 @@ tls {
   ca_file   = "/etc/nomad.d/tls/ca.pem"
   cert_file = "/etc/nomad.d/tls/server.pem"
   key_file  = "/etc/nomad.d/tls/server-key.pem"
+
+  # HTTPS takes no client certificate: Consul and Vault fetch Nomad's JWKS (workload
+  # identity), CLIs and the UI bring ACL tokens. RPC between agents stays mutual TLS.
+  verify_https_client = false
 
   verify_server_hostname = true
 }
@@ -43,6 +49,7 @@ consul {
 vault {
   enabled               = true
   address               = "https://vault.service.consul:8200"
+  ca_file               = "/etc/nomad.d/tls/ca.pem" # Vault's certificate: the cluster CA
   jwt_auth_backend_path = "jwt-nomad/"
 
   default_identity {

@@ -6,8 +6,12 @@ driver      = "docker"
 #   scripts/build-image --tag <registry>/datalab:<version> && docker push <registry>/datalab:<version>
 # Registry credentials belong in the Nomad clients' docker plugin config (auth.config /
 # a credential helper), never here. Pinning a digest (`...:0.1.0@sha256:...`) also works.
-image       = "registry.example.internal/datalab:0.1.0"
-consul_addr = "http://127.0.0.1:8500"
+image = "registry.example.internal/datalab:0.1.0"
+# Each client's own Consul agent, on the docker bridge: a container's 127.0.0.1 is its own.
+# The Consul clients listen there and on loopback, never on the LAN; Docker's daemon.json
+# pins the bridge address ("bip", scripts/provision/25-docker.sh). Traefik (host network)
+# reaches it there too.
+consul_addr = "http://172.17.0.1:8500"
 counts = {
   gateway = 3
   data    = 3

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# 50-datalab: the project on the node.
+#
+# Every node: a copy of the repo's runtime files in /opt/datalab/src (root-owned, not the
+# synced folder: tasks must not depend on the host's checkout, nor read the cluster secrets
+# beside it) and the locked virtualenv /opt/datalab/.venv (uv.lock), the project installed from
+# that copy. Servers use its `datalab` CLI (vault bootstrap, deploy); clients can run it under
+# raw_exec as `datalab`, so theirs has the `embedded` extra too (the traefik binary).
+#
+# Clients: the Docker image the jobs run (jobs/vars/vagrant.hcl: image), built and loaded by
+# scripts/build-image.
+set -euo pipefail
+# shellcheck source=scripts/provision/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+
+readonly SRC=/opt/datalab/src VENV=/opt/datalab/.venv TOOLS=/opt/datalab/tools
+# What the installed project reads at run time: the code, the configs (vault bootstrap reads
+# config/vault/policies next to services/) and the job files `datalab deploy` submits.
+readonly RUNTIME_FILES=(pyproject.toml uv.lock README.md services config jobs)
+
+ensure_dir /opt/datalab 0755 root:root
+ensure_dir "$SRC" 0755 root:root
+
+sync_source() {
+  local changes
+  changes="$(cd "$REPO" && rsync -a --no-owner --no-group --checksum --delete --itemize-changes --chmod=Du=rwx,Dgo=rx,Fu=rw,Fgo=r \
+    --exclude='__pycache__/' --exclude='*.egg-info/' --exclude='/build/' "${RUNTIME_FILES[@]}" "$(p "$SRC")/")"
+  if [[ -n $changes ]]; then say "changed $SRC ($(wc -l <<<"$changes") paths)"; else say "unchanged $SRC"; fi
+}
+sync_source # a local copy under PROVISION_ROOT: done for real in dry-run too
+
+# uv, pinned, in a virtualenv of its own; the project's environment from the lockfile only
+# (--frozen: never re-resolved on a node), with the system Python (no downloads).
+install_venv() {
+  [[ -x $TOOLS/bin/uv && "$("$TOOLS/bin/uv" --version)" == "uv $UV_VERSION"* ]] || {
+    python3 -m venv "$TOOLS"
+    "$TOOLS/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  }
+  local extras=()
+  if is_client; then extras=(--extra embedded); fi
+  (cd "$SRC" && UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never \
+    "$TOOLS/bin/uv" sync --frozen --no-dev "${extras[@]}" --python /usr/bin/python3 --quiet)
+  ln -sfn "$VENV/bin/datalab" /usr/local/bin/datalab
+  say "virtualenv $VENV: $("$VENV/bin/datalab" --help >/dev/null && echo ok)"
+}
+run install_venv
+
+# The CLIs' addresses for login shells (nomad, consul, vault/bao, datalab): TLS with the
+# cluster CA. No token: those stay in root-only files on server1.
+put_file /etc/profile.d/datalab.sh 0644 root:root <<'EOF'
+# scripts/provision/50-datalab.sh: where this node's agents answer.
+export NOMAD_ADDR=https://127.0.0.1:4646 NOMAD_CACERT=/etc/datalab/tls/ca.pem
+export CONSUL_HTTP_ADDR=http://127.0.0.1:8500
+export VAULT_ADDR=https://vault.service.consul:8200 VAULT_CACERT=/etc/datalab/tls/ca.pem
+export BAO_ADDR="$VAULT_ADDR" BAO_CACERT="$VAULT_CACERT"
+EOF
+
+# ---- clients: the image ---------------------------------------------------------------------
+is_client || exit 0
+image="$(sed -n 's/^image *= *"\([^"]*\)".*/\1/p' "$REPO/jobs/vars/vagrant.hcl")"
+[[ -n $image ]] || die "no image = \"...\" in jobs/vars/vagrant.hcl"
+if [[ ! -f $REPO/scripts/build-image ]]; then
+  warn "scripts/build-image is not in the repo (yet): image $image is NOT on $NODE, so the DataLab" \
+    "jobs cannot start here. Add it, then: vagrant provision $NODE --provision-with datalab"
+  exit 0
+fi
+# From the synced folder: it builds from the repo's Dockerfile (Docker's cache keeps a rebuild
+# of unchanged sources cheap) and loads the image into this node's Docker.
+run "$REPO/scripts/build-image"
+if ! dry; then
+  docker image inspect "$image" >/dev/null 2>&1 ||
+    die "scripts/build-image ran but Docker has no $image (jobs/vars/vagrant.hcl wants it)"
+  say "image $image is loaded"
+fi
