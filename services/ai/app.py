@@ -28,7 +28,7 @@ from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select, update
 
-from datalab.core import events
+from datalab.core import db, events
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.auth import AdminUser, CurrentUser, Principal, bearer_token
 from datalab.core.client import ServiceResponse, ServiceUnavailable
@@ -151,8 +151,7 @@ def _is_uuid(value: str) -> bool:
 async def _row(request: Request, model_id: str) -> Model | None:
     if not _is_uuid(model_id):
         return None
-    async with request.app.state.sessions() as session:
-        return await session.get(Model, model_id)
+    return await db.read(request.app.state.sessions, lambda session: session.get(Model, model_id))
 
 
 async def _owned(request: Request, model_id: str, principal: Principal) -> Model:

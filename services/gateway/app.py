@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from datalab.core import db
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.auth import (
     AdminUser,
@@ -150,8 +151,8 @@ async def _password_ok(password_hash: str, password: str) -> bool:
 @router.post("/token", response_model=TokenPair)
 async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenPair:
     await _limit(request, "login-ip", _client_ip(request), _settings(request).login_limit_per_minute)
-    async with request.app.state.sessions() as session:
-        user = await session.scalar(select(User).where(User.username == form.username))
+    user = await db.read(request.app.state.sessions,
+                         lambda session: session.scalar(select(User).where(User.username == form.username)))
     ok = await _password_ok(user.password_hash if user else _DUMMY_HASH, form.password)
     if user is None or not ok or user.disabled:
         raise Problem(401, "Wrong user name or password.", headers={"WWW-Authenticate": "Bearer"})
@@ -166,8 +167,7 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
     first = await request.app.state.redis.set(f"dl:refresh-used:{claims['jti']}", 1, ex=ttl, nx=True)
     if not first:
         raise Problem(401, "This refresh token was already used.")
-    async with request.app.state.sessions() as session:
-        user = await session.get(User, claims["sub"])
+    user = await db.read(request.app.state.sessions, lambda session: session.get(User, claims["sub"]))
     if user is None or user.disabled:
         raise Problem(401, "The user no longer exists or is disabled.")
     return _pair(request, _principal(user))
@@ -208,12 +208,13 @@ async def _api_key_principal(request: Request, key: str) -> Principal:
     if prefix is None:
         raise Problem(401, "The API key is not valid.")
     digest = api_key_hash(key)
-    async with request.app.state.sessions() as session:
-        row = (
-            await session.execute(
-                select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
-            )
-        ).first()
+    async def lookup(session):
+        query = select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
+        return (await session.execute(query)).first()
+
+    # Every request through the edge with an API key comes here (forwardAuth): a session cut
+    # by a credential rotation costs a retry, not a refused request.
+    row = await db.read(request.app.state.sessions, lookup)
     if row is None:
         raise Problem(401, "The API key is not valid.")
     api_key, user = row
