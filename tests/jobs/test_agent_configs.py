@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from datalab.devstack.hashistack import find_binary
+from hcl_plain import load_hcl
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -51,16 +52,7 @@ def test_consul_validates_its_configs(tmp_path, name):
 
 
 def _hcl(*parts: str) -> dict:
-    def clean(node):
-        if isinstance(node, dict):
-            return {k.strip('"'): clean(v) for k, v in node.items() if not k.startswith("__")}
-        if isinstance(node, list):
-            return [clean(v) for v in node]
-        if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-            return node[1:-1]
-        return node
-
-    return clean(hcl2.loads(CONFIG.joinpath(*parts).read_text()))
+    return load_hcl(CONFIG.joinpath(*parts).read_text())
 
 
 def test_nomad_dev_config_carries_the_fingerprint_denylist_of_this_machine():

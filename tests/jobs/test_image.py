@@ -40,8 +40,9 @@ from fnmatch import translate
 from functools import cache
 from pathlib import Path
 
-import hcl2
 import pytest
+
+from hcl_plain import load_hcl
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -230,18 +231,7 @@ def uv_syncs() -> list[list[str]]:
 
 
 def var_file(path: Path) -> dict:
-    return clean(hcl2.loads(path.read_text()))
-
-
-def clean(node):
-    """python-hcl2 keeps quotes and bookkeeping keys: drop both."""
-    if isinstance(node, dict):
-        return {k.strip('"'): clean(v) for k, v in node.items() if not k.startswith("__")}
-    if isinstance(node, list):
-        return [clean(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
+    return load_hcl(path.read_text())
 
 
 # ---- linters ------------------------------------------------------------------------------

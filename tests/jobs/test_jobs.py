@@ -13,6 +13,7 @@ import hcl2
 import pytest
 
 from datalab.devstack.hashistack import find_binary
+from hcl_plain import plain
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "jobs").glob("*.nomad.hcl"))
@@ -26,20 +27,9 @@ needs_nomad = pytest.mark.skipif(
 )
 
 
-def _clean(node):
-    """python-hcl2 keeps quotes and bookkeeping keys: drop both."""
-    if isinstance(node, dict):
-        return {k.strip('"'): _clean(v) for k, v in node.items() if not k.startswith("__")}
-    if isinstance(node, list):
-        return [_clean(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
-
-
 @cache
 def parsed(path: Path) -> dict:
-    return _clean(hcl2.loads(path.read_text()))
+    return plain(hcl2.loads(path.read_text()))
 
 
 def job_body(path: Path) -> tuple[str, dict]:

@@ -21,7 +21,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hcl2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from datalab.devstack.hashistack import find_binary
+from hcl_plain import load_hcl
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISION = REPO / "scripts" / "provision"
@@ -128,19 +128,8 @@ def cluster(tmp_path_factory, repo) -> Cluster:
     return c
 
 
-def clean(node):
-    """python-hcl2's output without its quoting and bookkeeping keys."""
-    if isinstance(node, dict):
-        return {k.strip('"'): clean(v) for k, v in node.items() if not k.startswith("__")}
-    if isinstance(node, list):
-        return [clean(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
-
-
 def hcl(text: str) -> dict:
-    return clean(hcl2.loads(text))
+    return load_hcl(text)
 
 
 def file_settings(node, key_suffix="_file"):
