@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import hvac
+import psutil
 
 from datalab.hashicorp import nomad as nomad_cli
 from datalab.hashicorp import vault
@@ -154,6 +155,20 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"stopping {agent}: {exc}")
             shutil.rmtree(root, ignore_errors=True)
         say("summary:\n  " + "\n  ".join(summary))
+        if not args.keep:
+            left = leftover_processes(root)
+            if left:  # overrides the result: a run that leaks processes has not passed
+                raise SystemExit(f"[e2e] teardown left processes running: {left}")
+            say("teardown: no process left (no task as the datalab user, nothing under the run's directory)")
+
+
+def leftover_processes(root: Path) -> list[str]:
+    left = []
+    for proc in psutil.process_iter(["pid", "username", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] != os.getpid() and (proc.info["username"] == RUN_AS or str(root) in cmdline):
+            left.append(f"{proc.info['pid']} {cmdline[:80]}")
+    return left
 
 
 if __name__ == "__main__":
