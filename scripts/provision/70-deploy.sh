@@ -76,7 +76,7 @@ print(f"postgresql://postgres:{password}@{host}/datalab")' >"$PG_URL_FILE"
   --vault-token-file "$VAULT_TOKEN_FILE" --pg-admin-url-file "$PG_URL_FILE" \
   --pg-host-for-vault "$pg_host" --nomad-addr "$NOMAD_HTTP" --default-ttl 30s
 
-"$DATALAB" deploy --var-file "$VARS"
+"$DATALAB" deploy --var-file "$VARS" --parallel 4
 
 cat <<EOF
 DataLab is deployed. From the host (ports forwarded to 127.0.0.1; CA: .cluster/tls/ca.pem):

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from .hashistack import REPO, ConsulDev, NomadDev, OpenBaoDev
 from .servers import Postgres, Redis, free_port
 
 RUN_AS = "datalab"
-DEPLOY_ORDER = ["traefik", "gateway", "data", "ai", "compute", "viz", "compute-batch"]
+# Deployed all at once (datalab deploy --parallel): no job waits on another to start.
+DEPLOY_JOBS = ["traefik", "gateway", "data", "ai", "compute", "viz", "compute-batch"]
 LEASE_TTL = "15s"
 
 
@@ -127,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         var_files = [REPO / "jobs" / "vars" / "local.hcl"]
         api = nomad_cli.client(nomad.address)
-        for job in DEPLOY_ORDER:
-            outcome = nomad_cli.deploy_one(api, REPO / "jobs" / f"{job}.nomad.hcl", var_files, variables,
-                                           promote=True, timeout=args.timeout)
-            say(f"deploy {job}: {'OK' if outcome.ok else 'FAILED'} {outcome.reason}")
-            if not outcome.ok:
-                return 1
+        started_deploy = time.monotonic()
+        outcomes = nomad_cli.deploy_many(lambda: nomad_cli.client(nomad.address),
+                                         [REPO / "jobs" / f"{job}.nomad.hcl" for job in DEPLOY_JOBS], var_files,
+                                         variables, promote=True, timeout=args.timeout, parallel=len(DEPLOY_JOBS))
+        say(f"deployed {len(outcomes)} jobs in {time.monotonic() - started_deploy:.0f}s")
+        if not all(o.ok for o in outcomes):
+            return 1
         cluster = Cluster(
             base_url=f"http://127.0.0.1:{http_port}", admin_password=admin_password, nomad=api, vault=client,
             consul_addr=consul.address, job_dir=REPO / "jobs", var_files=var_files, variables=variables,

@@ -13,6 +13,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -199,18 +201,32 @@ def _error_text(exc: Exception) -> str:
     return text.strip()[:500]
 
 
-def run_deploy(args: argparse.Namespace) -> int:
-    api = client(args.nomad_addr)
-    paths = [Path(p) for p in args.jobs] or sorted(Path("jobs").glob("*.nomad.hcl"))
-    failures = []
-    for path in paths:
-        outcome = deploy_one(api, path, [Path(f) for f in args.var_file], args.var, args.promote, args.timeout)
+def deploy_many(make_client: Callable[[], nomad.Nomad], paths: list[Path], var_files: list[Path],
+                variables: list[str], promote: bool, timeout: float, parallel: int = 1,
+                keep_going: bool = False) -> list[Outcome]:
+    """deploy_one for each job; `parallel` > 1 follows that many deployments at once (each
+    with its own client), which the jobs allow: none waits on another to start."""
+    def one(path: Path) -> Outcome:
+        outcome = deploy_one(make_client(), path, var_files, variables, promote, timeout)
         _say(f"[{outcome.job}] {'OK' if outcome.ok else 'FAILED'}: {outcome.reason}")
-        if not outcome.ok:
-            failures.append(outcome)
-            if not args.keep_going:
+        return outcome
+
+    if parallel <= 1:
+        outcomes = []
+        for path in paths:
+            outcomes.append(one(path))
+            if not outcomes[-1].ok and not keep_going:
                 break
-    return 1 if failures else 0
+        return outcomes
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(one, paths))
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.jobs] or sorted(Path("jobs").glob("*.nomad.hcl"))
+    outcomes = deploy_many(lambda: client(args.nomad_addr), paths, [Path(f) for f in args.var_file], args.var,
+                           args.promote, args.timeout, args.parallel, args.keep_going)
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -254,6 +270,8 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--promote", action="store_true", help="promote canaries once they are healthy")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait per job")
     p.add_argument("--keep-going", action="store_true", help="deploy the remaining jobs after a failure")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="follow N deployments at once (default 1: one job after another)")
     p.add_argument("--nomad-addr", default=None, help="default: NOMAD_ADDR or http://127.0.0.1:4646")
 
 
