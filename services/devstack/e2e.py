@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from datalab.hashicorp import vault
 from datalab.hashicorp.cluster_checks import Cluster, run_checks
 
 from .hashistack import REPO, ConsulDev, NomadDev, OpenBaoDev
-from .servers import Postgres, Redis, free_port
+from .servers import Postgres, Redis, free_ports
 
 RUN_AS = "datalab"
 # Deployed all at once (datalab deploy --parallel): no job waits on another to start.
@@ -88,16 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         say("building the deploy virtualenv")
         venv = build_deploy_venv(REPO / ".tools" / "deploy-venv")
 
-        consul, bao = ConsulDev(root / "consul"), OpenBaoDev(root / "openbao")
-        pg, redis = Postgres(root / "postgres", free_port()), None
-        for agent in (consul, bao, pg):
-            agent.start()
-            started.append(agent)
+        # Each set of ports is picked only once what started before is listening on its own,
+        # so no port is handed out twice (a free port is free until someone binds it).
+        consul = ConsulDev(root / "consul")
+        consul.start()
+        started.append(consul)
+        bao = OpenBaoDev(root / "openbao")
+        bao.start()
+        started.append(bao)
+        pg_port, redis_port = free_ports(2)
+        pg = Postgres(root / "postgres", pg_port)
+        pg.start()
+        started.append(pg)
         pg.execute("CREATE DATABASE datalab") if not pg.execute(
             "SELECT 1 FROM pg_database WHERE datname = 'datalab'") else None
-        import secrets as pysecrets
-
-        redis = Redis(root / "redis", free_port(), pysecrets.token_urlsafe(24))
+        redis = Redis(root / "redis", redis_port, secrets.token_urlsafe(24))
         redis.start()
         started.append(redis)
         consul_register(consul, "postgres", pg.port)
@@ -121,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         admin_password = client.secrets.kv.v2.read_secret_version(
             path="datalab/gateway", mount_point="kv", raise_on_deleted_version=True)["data"]["data"]["admin_password"]
 
-        http_port, ping_port = free_port(), free_port()
+        http_port, https_port, ping_port = free_ports(3)  # Traefik's, now that every agent listens
         variables = [
             f"venv={venv}", f"datalab_home={home}", f"consul_addr={consul.address}",
             f"run_as_uid={user.pw_uid}", f"run_as_gid={user.pw_gid}",
-            f"ports={{ traefik_http = {http_port}, traefik_https = {free_port()}, traefik_ping = {ping_port} }}",
+            f"ports={{ traefik_http = {http_port}, traefik_https = {https_port}, traefik_ping = {ping_port} }}",
         ]
         var_files = [REPO / "jobs" / "vars" / "local.hcl"]
         api = nomad_cli.client(nomad.address)
