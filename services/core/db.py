@@ -37,8 +37,11 @@ def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncE
     wait = settings.db_credential_wait_seconds
     last_user: list[str | None] = [None]
 
+    def read() -> DbCredential:
+        return secrets.db_credential(settings.db_user, settings.db_password)
+
     def current() -> DbCredential:
-        cred = secrets.db_credential(settings.db_user, settings.db_password)
+        cred = read()
         if cred.username != last_user[0]:
             log.info("database credential in use", extra={"db_user": cred.username})
             last_user[0] = cred.username
@@ -56,7 +59,7 @@ def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncE
                     raise
                 log.warning("database credential rejected (revoked?); waiting for a new one",
                             extra={"db_user": cred.username})
-                while loop.time() < deadline and secrets.db_credential(settings.db_user, settings.db_password) == cred:
+                while loop.time() < deadline and read() == cred:
                     await asyncio.sleep(0.25)
 
     return create_async_engine(

@@ -18,6 +18,7 @@ build on the earlier ones).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -153,10 +154,10 @@ def _load_dataset(c: Cluster, token: str, name: str) -> str:
 # ---- the checks ------------------------------------------------------------------------
 
 def services_passing(c: Cluster) -> str:
-    for name in SERVICES + ["traefik"]:
-        wait(lambda n=name: c.passing(n) > 0, 180, f"{name} passing in Consul")
+    counts = {name: wait(lambda n=name: c.passing(n), 180, f"{name} passing in Consul")
+              for name in SERVICES + ["traefik"]}
     wait(c.routed, 90, "Traefik routing by Consul tags (401 without a token)")
-    return "every service passing in Consul: " + ", ".join(f"{n}={c.passing(n)}" for n in SERVICES)
+    return "every service passing in Consul: " + ", ".join(f"{n}={counts[n]}" for n in SERVICES)
 
 
 def flow(c: Cluster) -> str:
@@ -256,9 +257,7 @@ def _log_count(c: Cluster, job: str, needle: str) -> int | str:
             if alloc["ClientStatus"] != "running":
                 continue
             for task in alloc.get("TaskStates") or {}:
-                text = c.nomad.client.stream_logs.stream(alloc["ID"], task, "stdout", origin="end",
-                                                         offset=200_000, plain=True)
-                count += str(text).count(needle)
+                count += nomad_cli.task_log(c.nomad, alloc["ID"], task, "stdout", 200_000).count(needle)
     except Exception as exc:  # logs need the read-logs capability; the check itself passed
         return f"unknown ({type(exc).__name__})"
     return count
@@ -302,8 +301,6 @@ def run_checks(c: Cluster, only: list[str] | None = None, skips_fail: bool = Fal
 # ---- `datalab cluster-test` ----------------------------------------------------------------
 
 def add_arguments(p) -> None:
-    import os
-
     p.add_argument("--url", default=os.environ.get("DATALAB_URL", "http://127.0.0.1:8080"),
                    help="Traefik's entrypoint (default: DATALAB_URL or http://127.0.0.1:8080)")
     p.add_argument("--cacert", default=os.environ.get("DATALAB_CACERT"),
@@ -321,8 +318,6 @@ def run(args) -> int:
     """Everything from the environment HashiCorp's own CLIs read: NOMAD_ADDR/NOMAD_TOKEN/
     NOMAD_CACERT, CONSUL_HTTP_ADDR/CONSUL_HTTP_TOKEN/CONSUL_CACERT, VAULT_ADDR/VAULT_TOKEN/
     VAULT_CACERT. The admin password: DATALAB_ADMIN_PASSWORD, else Vault's kv/datalab/gateway."""
-    import os
-
     vault_client = hvac.Client(url=os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200"),
                                token=os.environ.get("VAULT_TOKEN"), verify=os.environ.get("VAULT_CACERT") or True)
     password = os.environ.get("DATALAB_ADMIN_PASSWORD") or vault_client.secrets.kv.v2.read_secret_version(

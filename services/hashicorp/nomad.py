@@ -183,15 +183,20 @@ def _failing_allocs(api, job_id: str) -> str:
     return ("\n" + "\n".join(lines[:40])) if lines else ""
 
 
+def task_log(api, alloc_id: str, task: str, stream: str, tail_bytes: int) -> str:
+    """The last `tail_bytes` of a task's stdout or stderr (needs the read-logs capability)."""
+    return str(api.client.stream_logs.stream(alloc_id, task, stream, origin="end", offset=tail_bytes, plain=True))
+
+
 def _log_tail(api, alloc_id: str, task: str, lines: int = 8) -> list[str]:
     """The end of a task's stderr and stdout (JSON logs go to stdout; tracebacks to either)."""
     out = []
     for stream in ("stderr", "stdout"):
         try:
-            text = api.client.stream_logs.stream(alloc_id, task, stream, origin="end", offset=3000, plain=True)
+            text = task_log(api, alloc_id, task, stream, 3000)
         except Exception:  # logs are a courtesy; the events above still say what happened
             continue
-        out += [f"{stream}: {line[-400:]}" for line in str(text).strip().splitlines()[-lines:]]
+        out += [f"{stream}: {line[-400:]}" for line in text.strip().splitlines()[-lines:]]
     return out
 
 
