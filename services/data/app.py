@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import polars as pl
 from fastapi import APIRouter, FastAPI, Query as QueryParam, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -23,11 +22,13 @@ from sqlalchemy import func, select
 
 from datalab.core import db, events
 from datalab.core.app import ServiceSpec, create_app
+from datalab.core.audit import audit
 from datalab.core.auth import CurrentUser, Principal
 from datalab.core.errors import Problem
 from datalab.core.settings import BaseServiceSettings, ensure_dir
 
 from . import query as q
+from .ingest import MAX_NAME_CHARS, Limits, check_name, convert
 from .models import Base, Dataset
 from .upload import fsync_replace, receive_file
 
@@ -38,6 +39,14 @@ class DataSettings(BaseServiceSettings):
     service_name: str = "data"
     port: int = 8001
     max_upload_bytes: int = 512 * 1024 * 1024
+    upload_idle_timeout_seconds: float = 60.0  # a body that stops arriving this long: 408
+    # Caps on what an upload decodes to, checked before decoding (a compressed Parquet of
+    # constant values is tiny on the wire). They bound conversion, describe and queries: a
+    # sort or a group-by over every cell peaks near 16 bytes a cell, ~320 MB at the cell
+    # cap, inside the job's 512 MB.
+    max_dataset_rows: int = 5_000_000
+    max_dataset_columns: int = 1_000
+    max_dataset_cells: int = 20_000_000  # rows x columns
     query_cache_ttl: int = 300
 
 
@@ -57,8 +66,20 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class DatasetSummary(BaseModel):
+    """A dataset in a list page: its column count, not its schema (GET one for that)."""
+
+    id: str
+    name: str
+    source_format: str
+    rows: int
+    column_count: int
+    size_bytes: int
+    created_at: datetime
+
+
 class DatasetPage(BaseModel):
-    items: list[DatasetOut]
+    items: list[DatasetSummary]
     total: int
     limit: int
     offset: int
@@ -87,7 +108,10 @@ async def _owned(request: Request, dataset_id: str, principal: Principal) -> Dat
     except ValueError:
         raise Problem(404, f"No dataset {dataset_id!r}.") from None
     ds = await db.read(request.app.state.sessions, lambda session: session.get(Dataset, dataset_id))
-    if ds is None or (ds.owner_id != principal.user_id and not principal.is_admin):
+    if ds is not None and ds.owner_id != principal.user_id and not principal.is_admin:
+        audit("dataset.access", "denied", actor=principal.user_id, object=dataset_id, request=request)
+        ds = None
+    if ds is None:
         raise Problem(404, f"No dataset {dataset_id!r}.")
     return ds
 
@@ -101,31 +125,8 @@ def _detect_format(filename: str, content_type: str) -> str:
         return "csv"
     raise Problem(
         415,
-        f"Unsupported file type (name {filename!r}, content type {ctype or 'none'}): send CSV or Parquet.",
+        f"Unsupported file type (name {filename[:100]!r}, content type {ctype[:100] or 'none'}): send CSV or Parquet.",
     )
-
-
-def _convert(received: Path, fmt: str, target: Path) -> tuple[int, list[dict]]:
-    """Validate the upload and write it as Parquet to `target`; (rows, columns)."""
-    try:
-        if fmt == "csv":
-            pl.scan_csv(received, infer_schema_length=10_000, try_parse_dates=True).sink_parquet(target)
-        else:
-            pl.scan_parquet(received).sink_parquet(target)
-        lazy = pl.scan_parquet(target)
-        schema = lazy.collect_schema()
-        rows = int(lazy.select(pl.len()).collect().item())
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        target.unlink(missing_ok=True)
-        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise Problem(422, f"The {fmt.upper()} file could not be read: {first_line}") from None
-    if not schema:
-        target.unlink(missing_ok=True)
-        raise Problem(422, f"The {fmt.upper()} file has no columns.")
-    if len(set(schema)) != len(schema):
-        target.unlink(missing_ok=True)
-        raise Problem(422, "Column names must be unique.")
-    return rows, q.describe_schema(schema)
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetOut)
@@ -137,13 +138,17 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
     parquet_tmp = incoming / f"{dataset_id}.parquet"
     final = _file(request, dataset_id)
     try:
-        received = await receive_file(request, received_path, settings.max_upload_bytes)
+        received = await receive_file(
+            request, received_path, settings.max_upload_bytes, settings.upload_idle_timeout_seconds
+        )
         fmt = _detect_format(received.filename, received.content_type)
         if received.size == 0:
             raise Problem(422, "The file is empty.")
-        rows, columns = await asyncio.to_thread(_convert, received_path, fmt, parquet_tmp)
+        name = received.fields.get("name") or _basename(received.filename) or dataset_id
+        name = check_name(name[:MAX_NAME_CHARS], "dataset name")
+        limits = Limits(settings.max_dataset_rows, settings.max_dataset_columns, settings.max_dataset_cells)
+        rows, columns = await asyncio.to_thread(convert, received_path, fmt, parquet_tmp, limits)
         await asyncio.to_thread(fsync_replace, parquet_tmp, final)
-        name = (received.fields.get("name") or received.filename or dataset_id)[:255]
         ds = Dataset(
             id=dataset_id, owner_id=principal.user_id, name=name, source_format=fmt,
             rows=rows, columns=columns, size_bytes=final.stat().st_size,
@@ -161,20 +166,30 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
     return _out(ds)
 
 
+def _basename(filename: str) -> str:
+    """The client's file name without any directories it sent (`../../x.csv` -> `x.csv`)."""
+    return filename.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 @router.get("/datasets", response_model=DatasetPage)
 async def list_datasets(
     request: Request,
     principal: CurrentUser,
     limit: Annotated[int, QueryParam(ge=1, le=500)] = 50,
-    offset: Annotated[int, QueryParam(ge=0)] = 0,
+    offset: Annotated[int, QueryParam(ge=0, le=q.MAX_OFFSET)] = 0,
 ) -> DatasetPage:
     where = [] if principal.is_admin else [Dataset.owner_id == principal.user_id]
+    # The schema stays in PostgreSQL: a page carries each dataset's column count only.
+    summary = select(
+        Dataset.id, Dataset.name, Dataset.source_format, Dataset.rows,
+        func.json_array_length(Dataset.columns).label("column_count"), Dataset.size_bytes, Dataset.created_at,
+    )
     async with request.app.state.sessions() as session:
         total = await session.scalar(select(func.count()).select_from(Dataset).where(*where))
-        rows = await session.scalars(
-            select(Dataset).where(*where).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+        rows = await session.execute(
+            summary.where(*where).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
         )
-        items = [_out(ds) for ds in rows]
+        items = [DatasetSummary.model_validate(row, from_attributes=True) for row in rows]
     return DatasetPage(items=items, total=total or 0, limit=limit, offset=offset)
 
 
@@ -193,6 +208,7 @@ async def delete_dataset(request: Request, dataset_id: str, principal: CurrentUs
     # Services that cache derived results (viz charts) drop theirs on this event.
     await request.app.state.redis.publish(events.DATASET_DELETED, dataset_id)
     log.info("dataset deleted", extra={"dataset_id": dataset_id})
+    audit("dataset.delete", "success", actor=principal.user_id, object=dataset_id, request=request)
     return Response(status_code=204)
 
 
