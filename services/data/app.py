@@ -125,7 +125,8 @@ def _detect_format(filename: str, content_type: str) -> str:
         return "csv"
     raise Problem(
         415,
-        f"Unsupported file type (name {filename[:100]!r}, content type {ctype[:100] or 'none'}): send CSV or Parquet.",
+        f"Unsupported file type (name {filename[:100]!r}, content type {ctype[:100] or 'none'}): "
+        "send CSV or Parquet.",
     )
 
 
