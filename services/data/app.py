@@ -42,11 +42,11 @@ class DataSettings(BaseServiceSettings):
     upload_idle_timeout_seconds: float = 60.0  # a body that stops arriving this long: 408
     # Caps on what an upload decodes to, checked before decoding (a compressed Parquet of
     # constant values is tiny on the wire). They bound conversion, describe and queries: a
-    # sort or a group-by over every cell peaks near 16 bytes a cell, ~320 MB at the cell
-    # cap, inside the job's 512 MB.
+    # sort over every cell peaks near 20 bytes a cell (measured: +380 MB at 20 M cells), so
+    # 10 M cells stay inside the job's 512 MB. Raise them with the job's memory.
     max_dataset_rows: int = 5_000_000
     max_dataset_columns: int = 1_000
-    max_dataset_cells: int = 20_000_000  # rows x columns
+    max_dataset_cells: int = 10_000_000  # rows x columns
     query_cache_ttl: int = 300
 
 
