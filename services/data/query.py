@@ -185,6 +185,7 @@ def build(query: Query, schema: pl.Schema, source: pl.LazyFrame) -> pl.LazyFrame
     )
     unknown = sorted({c for c in referenced if c not in kinds})
     if unknown:
+        unknown = unknown[:20]  # a body naming 100,000 columns is not echoed back whole
         raise _invalid(f"Unknown column(s): {', '.join(map(repr, unknown))}.", unknown=unknown, available=list(kinds))
 
     plan = source

@@ -128,3 +128,9 @@ def test_describe_a_column_named_statistic_is_422(tmp_path):
     with pytest.raises(Problem) as err:
         q.describe(path)
     assert err.value.status == 422
+
+
+def test_unknown_columns_are_not_echoed_without_bound(parquet):
+    with pytest.raises(Problem) as err:
+        q.run(q.Query(select=[f"ghost{i}" for i in range(10_000)]), parquet)
+    assert len(err.value.extra["unknown"]) == 20 and len(err.value.detail) < 1_000
