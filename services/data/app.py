@@ -47,6 +47,9 @@ class DataSettings(BaseServiceSettings):
     max_dataset_rows: int = 5_000_000
     max_dataset_columns: int = 1_000
     max_dataset_cells: int = 10_000_000  # rows x columns
+    # Conversions, describes and queries decoding data at once; more wait their turn. Each
+    # may peak near the caps' memory, so this multiplies it.
+    max_parallel_scans: int = 2
     query_cache_ttl: int = 300
 
 
@@ -87,6 +90,12 @@ class DatasetPage(BaseModel):
 
 router = APIRouter(prefix="/api/v1/data", tags=["data"])
 JSON = "application/json"
+
+
+async def scan(app: FastAPI, fn, *args):
+    """Run polars work `fn(*args)` off the event loop, at most max_parallel_scans at once."""
+    async with app.state.scan_slots:
+        return await asyncio.to_thread(fn, *args)
 
 
 def _datasets_dir(request: Request) -> Path:
@@ -148,7 +157,7 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
         name = received.fields.get("name") or _basename(received.filename) or dataset_id
         name = check_name(name[:MAX_NAME_CHARS], "dataset name")
         limits = Limits(settings.max_dataset_rows, settings.max_dataset_columns, settings.max_dataset_cells)
-        rows, columns = await asyncio.to_thread(convert, received_path, fmt, parquet_tmp, limits)
+        rows, columns = await scan(request.app, convert, received_path, fmt, parquet_tmp, limits)
         await asyncio.to_thread(fsync_replace, parquet_tmp, final)
         ds = Dataset(
             id=dataset_id, owner_id=principal.user_id, name=name, source_format=fmt,
@@ -235,7 +244,7 @@ async def query_dataset(request: Request, dataset_id: str, body: q.Query, princi
     cached = await redis.get(key)
     if cached is not None:
         return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})
-    result = await asyncio.to_thread(q.run, body, _file(request, dataset_id))
+    result = await scan(request.app, q.run, body, _file(request, dataset_id))
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(key, result, ex=settings.query_cache_ttl)
         pipe.sadd(_cache_index(dataset_id), key)
@@ -259,13 +268,14 @@ async def dataset_content(request: Request, dataset_id: str, principal: CurrentU
 @router.get("/datasets/{dataset_id}/describe")
 async def describe_dataset(request: Request, dataset_id: str, principal: CurrentUser) -> Response:
     await _owned(request, dataset_id, principal)
-    body = await asyncio.to_thread(q.describe, _file(request, dataset_id))
+    body = await scan(request.app, q.describe, _file(request, dataset_id))
     return Response(body, media_type=JSON)
 
 
 async def _startup(app: FastAPI) -> None:
     settings: DataSettings = app.state.settings
     app.state.datasets_dir = ensure_dir(settings.home / "datasets")
+    app.state.scan_slots = asyncio.Semaphore(settings.max_parallel_scans)
     ensure_dir(app.state.datasets_dir / ".incoming")
 
 
