@@ -28,7 +28,7 @@ from datalab.core.errors import Problem
 from datalab.core.settings import BaseServiceSettings, ensure_dir
 
 from . import query as q
-from .ingest import MAX_NAME_CHARS, Limits, check_name, convert
+from .ingest import MAX_NAME_CHARS, Limits, check_name, convert_isolated
 from .models import Base, Dataset
 from .upload import fsync_replace, receive_file
 
@@ -47,6 +47,11 @@ class DataSettings(BaseServiceSettings):
     max_dataset_rows: int = 5_000_000
     max_dataset_columns: int = 1_000
     max_dataset_cells: int = 10_000_000  # rows x columns
+    max_dataset_bytes: int = 256 * 2**20  # decoded (strings measured): what a query may hold
+    # The conversion runs in a child process limited to this much memory and time: values
+    # that decode far beyond their file (a repeated 10 MB string) are refused, not held.
+    decode_memory_bytes: int = 2**30
+    decode_timeout_seconds: float = 300.0
     # Conversions, describes and queries decoding data at once; more wait their turn. Each
     # may peak near the caps' memory, so this multiplies it.
     max_parallel_scans: int = 2
@@ -156,8 +161,14 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
             raise Problem(422, "The file is empty.")
         name = received.fields.get("name") or _basename(received.filename) or dataset_id
         name = check_name(name[:MAX_NAME_CHARS], "dataset name")
-        limits = Limits(settings.max_dataset_rows, settings.max_dataset_columns, settings.max_dataset_cells)
-        rows, columns = await scan(request.app, convert, received_path, fmt, parquet_tmp, limits)
+        limits = Limits(
+            settings.max_dataset_rows, settings.max_dataset_columns, settings.max_dataset_cells,
+            settings.max_dataset_bytes,
+        )
+        rows, columns = await scan(
+            request.app, convert_isolated, received_path, fmt, parquet_tmp, limits,
+            settings.decode_memory_bytes, settings.decode_timeout_seconds,
+        )
         await asyncio.to_thread(fsync_replace, parquet_tmp, final)
         ds = Dataset(
             id=dataset_id, owner_id=principal.user_id, name=name, source_format=fmt,

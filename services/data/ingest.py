@@ -1,16 +1,26 @@
 """An upload becomes a dataset file: checked against the size caps first, converted second.
 
-Every cap is checked on what costs nothing to learn: a Parquet file's footer (row count
-and schema, no page decoded) or a CSV's header and a row count that polars streams
-without building columns. Only then is the data decoded, so a 400 KB file that claims
-300 million rows, or a 1 MB header of 100,000 columns, is refused in milliseconds.
+The row, column and cell caps are checked on what costs nothing to learn: a Parquet
+file's footer (row count and schema, no page decoded) or a CSV's header and a row count
+that polars streams without building columns. Only then is the data decoded, so a 400 KB
+file that claims 300 million rows, or a 1 MB header of 100,000 columns, is refused in
+milliseconds.
+
+Values can be bombs too (one 1 KB Parquet of 200 rows repeating a 10 MB string decodes to
+2 GB): no footer field bounds that, so the decoding runs in a child process under a memory
+limit (`convert_isolated`), and the decoded size is measured and capped before the dataset
+is kept.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
+import resource
+import subprocess
+import sys
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
@@ -28,6 +38,7 @@ class Limits:
     rows: int
     columns: int
     cells: int  # rows x columns: what decoding, describe and queries cost
+    bytes: int  # decoded size (8 bytes a value, a string's bytes + 16): what a query holds
 
 
 def check_name(value: str, what: str) -> str:
@@ -60,6 +71,7 @@ def convert(received: Path, fmt: str, target: Path, limits: Limits) -> tuple[int
         lazy = pl.scan_parquet(target)
         schema = lazy.collect_schema()
         rows = int(lazy.select(pl.len()).collect().item())
+        _check_decoded(lazy, schema, rows, limits)
     except Problem:
         target.unlink(missing_ok=True)
         raise
@@ -100,6 +112,30 @@ def _check_size(columns: int, rows: int | None, limits: Limits) -> None:
         )
 
 
+def decoded_bytes(lazy: pl.LazyFrame, schema: pl.Schema, rows: int) -> int:
+    """The dataset's size in memory, near enough: 8 bytes a value, a string's bytes + 16
+    (polars' string views). Strings are measured by a streaming scan."""
+    variable = [name for name, dtype in schema.items() if dtype in (pl.String, pl.Binary)]
+    fixed = (len(schema) - len(variable)) * rows * 8
+    if not variable:
+        return fixed
+    lengths = [
+        (pl.col(n).str.len_bytes() if schema[n] == pl.String else pl.col(n).bin.size()).sum().alias(n)
+        for n in variable
+    ]
+    measured = lazy.select(lengths).collect(engine="streaming").row(0)
+    return fixed + sum(int(v or 0) for v in measured) + len(variable) * rows * 16
+
+
+def _check_decoded(lazy: pl.LazyFrame, schema: pl.Schema, rows: int, limits: Limits) -> None:
+    size = decoded_bytes(lazy, schema, rows)
+    if size > limits.bytes:
+        raise Problem(
+            413, f"The dataset takes {size} bytes decoded; the limit is {limits.bytes}.",
+            type_=_TOO_LARGE, decoded_bytes=size, max_decoded_bytes=limits.bytes,
+        )
+
+
 def _check_flat(schema: pl.Schema) -> None:
     """Nested columns (lists, structs) hold any number of values per row: the row and cell
     caps would not bound them, and queries do not address them."""
@@ -126,3 +162,59 @@ def _check_text(path: Path, chunk: int = 1 << 20) -> None:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise Problem(422, "The CSV file is not UTF-8 text (it ends inside a character).") from None
+
+
+# ---- the conversion in a child process, under a memory limit ------------------------------
+
+
+def convert_isolated(
+    received: Path, fmt: str, target: Path, limits: Limits, memory_bytes: int, timeout: float
+) -> tuple[int, list[dict]]:
+    """`convert` in a child process whose data segment is capped at `memory_bytes`: a file
+    that decodes to more is refused (413) and the service never holds it."""
+    job = {"received": str(received), "fmt": fmt, "target": str(target), "limits": asdict(limits),
+           "memory_bytes": memory_bytes}
+    too_large = Problem(
+        413, f"The file needs more than {memory_bytes // 2**20} MiB or {timeout:g} s to decode.",
+        type_=_TOO_LARGE, max_decode_memory_bytes=memory_bytes,
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "datalab.data.ingest"], input=json.dumps(job), capture_output=True,
+            text=True, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        target.unlink(missing_ok=True)
+        raise too_large from None
+    if done.returncode != 0:  # killed by its limit (Rust aborts, Python raises MemoryError)
+        target.unlink(missing_ok=True)
+        if done.returncode < 0 or done.returncode == _OUT_OF_MEMORY:
+            raise too_large
+        raise RuntimeError(f"dataset conversion failed ({done.returncode}): {done.stderr[-500:]}")
+    answer = json.loads(done.stdout)
+    if "problem" in answer:
+        p = answer["problem"]
+        raise Problem(p["status"], p["detail"], type_=p["type"], **p["extra"])
+    return answer["rows"], answer["columns"]
+
+
+_OUT_OF_MEMORY = 3
+
+
+def _child() -> None:
+    job = json.load(sys.stdin)
+    limit = job["memory_bytes"]
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))  # before any data is decoded
+    try:
+        rows, columns = convert(Path(job["received"]), job["fmt"], Path(job["target"]), Limits(**job["limits"]))
+    except Problem as p:
+        json.dump({"problem": {"status": p.status, "detail": p.detail, "type": p.type, "extra": p.extra}}, sys.stdout)
+    except MemoryError:
+        Path(job["target"]).unlink(missing_ok=True)
+        sys.exit(_OUT_OF_MEMORY)
+    else:
+        json.dump({"rows": rows, "columns": columns}, sys.stdout)
+
+
+if __name__ == "__main__":
+    _child()

@@ -9,7 +9,7 @@ import uuid
 import polars as pl
 import pytest
 
-from conftest import MAX_DATASET_CELLS, MAX_DATASET_ROWS, UPLOAD_IDLE_TIMEOUT, eventually
+from conftest import DECODE_MEMORY, MAX_DATASET_BYTES, MAX_DATASET_CELLS, MAX_DATASET_ROWS, UPLOAD_IDLE_TIMEOUT, eventually
 from test_data import CSV, state, upload
 
 pytestmark = pytest.mark.integration
@@ -83,6 +83,27 @@ def test_the_caps_are_inclusive(http, owner):
     resp = upload(http, owner, header + b"\n" + b"1," * (MAX_COLUMNS - 1) + b"1\n", "widest.csv")
     assert resp.status_code == 201, resp.text
     assert len(resp.json()["columns"]) == MAX_COLUMNS
+
+
+def test_a_string_bomb_is_refused_and_never_held(http, owner, platform):
+    """A few KB of Parquet: 100 rows repeating one 10 MB string, 1 GB decoded. Within the
+    row and cell caps; its decoding hits the conversion child's memory limit (413)."""
+    bomb = parquet(pl.select(pl.repeat("a" * 10 * 2**20, 100, dtype=pl.String).alias("s")))
+    assert len(bomb) < 100_000
+    before = state(platform)
+    body = assert_refused(upload(http, owner, bomb, "strings.parquet", "application/octet-stream"), 413)
+    assert body["max_decode_memory_bytes"] == DECODE_MEMORY
+    assert state(platform) == before
+
+
+def test_decoded_size_over_the_cap_is_refused(http, owner, platform):
+    """5 rows of a 10 MB string: decodes inside the child's limit, but 50 MB is more than
+    a query may hold (DATALAB_MAX_DATASET_BYTES)."""
+    data = parquet(pl.select(pl.repeat("b" * 10 * 2**20, 5, dtype=pl.String).alias("s")))
+    before = state(platform)
+    body = assert_refused(upload(http, owner, data, "strings.parquet", "application/octet-stream"), 413)
+    assert body["decoded_bytes"] == 5 * (10 * 2**20 + 16) and body["max_decoded_bytes"] == MAX_DATASET_BYTES
+    assert state(platform) == before
 
 
 def test_nested_parquet_columns_are_refused(http, owner, platform):

@@ -5,9 +5,9 @@ import polars as pl
 import pytest
 
 from datalab.core.errors import Problem
-from datalab.data.ingest import Limits, check_name, convert
+from datalab.data.ingest import Limits, check_name, convert, convert_isolated
 
-LIMITS = Limits(rows=1_000, columns=10, cells=5_000)
+LIMITS = Limits(rows=1_000, columns=10, cells=5_000, bytes=10**9)
 
 
 def refused(path, fmt, tmp_path, limits=LIMITS) -> Problem:
@@ -72,3 +72,37 @@ def test_names_must_be_printable_and_bounded(name):
 
 def test_ordinary_names_pass():
     assert check_name("Ventes 2024 – été (v2).csv", "name") == "Ventes 2024 – été (v2).csv"
+
+
+def string_bomb(path, rows=100, value_bytes=10 * 2**20):
+    """A few KB of Parquet: `rows` rows of one repeated `value_bytes` string (1 GB decoded)."""
+    pl.select(pl.repeat("a" * value_bytes, rows, dtype=pl.String).alias("s")).write_parquet(path, compression="zstd")
+
+
+def test_decoded_size_over_the_cap_is_refused(tmp_path):
+    path = tmp_path / "strings.parquet"
+    string_bomb(path, rows=20, value_bytes=2**20)  # 20 MB decoded, within rows and cells
+    problem = refused(path, "parquet", tmp_path, Limits(rows=1_000, columns=10, cells=5_000, bytes=10 * 2**20))
+    assert problem.status == 413 and problem.extra["decoded_bytes"] == 20 * 2**20 + 20 * 16
+
+
+def test_a_string_bomb_is_refused_by_the_childs_memory_limit(tmp_path):
+    path = tmp_path / "bomb.parquet"
+    string_bomb(path)
+    assert path.stat().st_size < 100_000
+    target = tmp_path / "out.parquet"
+    with pytest.raises(Problem) as err:
+        convert_isolated(path, "parquet", target, LIMITS, memory_bytes=256 * 2**20, timeout=120)
+    assert err.value.status == 413 and not target.exists()
+
+
+def test_the_child_converts_and_reports_refusals(tmp_path):
+    ok = tmp_path / "ok.csv"
+    ok.write_text("a,b\n1,x\n2,y\n")
+    rows, columns = convert_isolated(ok, "csv", tmp_path / "ok.parquet", LIMITS, 2**30, 120)
+    assert rows == 2 and [c["type"] for c in columns] == ["integer", "string"]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"a\n\x00\n")
+    with pytest.raises(Problem) as err:
+        convert_isolated(bad, "csv", tmp_path / "bad.parquet", LIMITS, 2**30, 120)
+    assert err.value.status == 422 and "NUL" in err.value.detail
