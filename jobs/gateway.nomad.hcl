@@ -166,6 +166,9 @@ job "gateway" {
         "traefik.enable=true",
         "traefik.http.routers.gateway.rule=PathPrefix(`/api/v1/auth`)",
         "traefik.http.routers.gateway.middlewares=retry@file",
+        # forwardAuth's hop (traefik job): only on Traefik's loopback `auth` entrypoint.
+        "traefik.http.routers.gateway-auth.rule=Path(`/internal/auth/verify`)",
+        "traefik.http.routers.gateway-auth.entrypoints=auth",
       ]
       # A canary gets no public traffic until promoted, except requests that ask for it
       # and those no stable instance is left to serve.
@@ -180,6 +183,9 @@ job "gateway" {
         "traefik.http.routers.gateway-canary-fallback.rule=PathPrefix(`/api/v1/auth`)",
         "traefik.http.routers.gateway-canary-fallback.priority=1",
         "traefik.http.routers.gateway-canary-fallback.middlewares=retry@file",
+        "traefik.http.routers.gateway-auth-canary-fallback.rule=Path(`/internal/auth/verify`)",
+        "traefik.http.routers.gateway-auth-canary-fallback.entrypoints=auth",
+        "traefik.http.routers.gateway-auth-canary-fallback.priority=1",
       ]
 
       check {
@@ -259,6 +265,19 @@ job "gateway" {
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level
+      }
+
+      # Traefik's addresses (a system job: every client's), whose X-Forwarded-For the
+      # gateway believes (the real client for rate limits and the audit trail) and the only
+      # peers forwardAuth answers. Loopback: Traefik on the gateway's own node.
+      template {
+        destination = "local/proxies.env"
+        env         = true
+        change_mode = "restart"
+        splay       = "30s"
+        data        = <<-EOT
+          DATALAB_TRUSTED_PROXIES=127.0.0.1,::1{{ range service "traefik|any" }},{{ .Address }}{{ end }}
+        EOT
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

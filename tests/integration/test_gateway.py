@@ -82,7 +82,8 @@ def test_user_rate_limit_answers_429_with_retry_after(http, platform, user_facto
 def test_verify_sets_identity_headers(platform, admin_headers):
     import httpx
 
-    resp = httpx.get(f"{platform.config.url('gateway')}/api/v1/auth/verify", headers=admin_headers)
+    # From 127.0.0.1, a trusted proxy's address (as Traefik is).
+    resp = httpx.get(f"{platform.config.url('gateway')}/internal/auth/verify", headers=admin_headers)
     assert resp.status_code == 200
     assert resp.headers["X-User-Name"] == "admin"
     assert resp.headers["Authorization"] == admin_headers["Authorization"]
