@@ -17,7 +17,7 @@ from starlette.requests import Request
 audit_log = logging.getLogger("datalab.audit")
 
 Outcome = Literal["success", "failure", "denied"]
-_FORBIDDEN = {"password", "token", "key", "secret", "authorization", "access_token", "refresh_token"}
+_FORBIDDEN = {"password", "token", "key", "api_key", "secret", "authorization", "access_token", "refresh_token"}
 
 
 def client_ip(request: Request | None) -> str | None:
