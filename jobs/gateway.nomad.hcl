@@ -265,19 +265,19 @@ job "gateway" {
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level
+
+        # Traefik's addresses from Consul (template below), re-read by the app.
+        DATALAB_TRUSTED_PROXIES_FILE = "${NOMAD_TASK_DIR}/trusted_proxies"
       }
 
       # Traefik's addresses (a system job: every client's), whose X-Forwarded-For the
       # gateway believes (the real client for rate limits and the audit trail) and the only
-      # peers forwardAuth answers. Loopback: Traefik on the gateway's own node.
+      # peers forwardAuth answers, besides loopback (DATALAB_TRUSTED_PROXIES' default). The
+      # app re-reads the file: a Traefik node that joins costs no restart.
       template {
-        destination = "local/proxies.env"
-        env         = true
-        change_mode = "restart"
-        splay       = "30s"
-        data        = <<-EOT
-          DATALAB_TRUSTED_PROXIES=127.0.0.1,::1{{ range service "traefik|any" }},{{ .Address }}{{ end }}
-        EOT
+        destination = "local/trusted_proxies"
+        change_mode = "noop"
+        data        = "{{ range service \"traefik|any\" }}{{ .Address }},{{ end }}"
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

@@ -20,6 +20,7 @@ import logging
 import secrets as pysecrets
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 from argon2 import PasswordHasher
@@ -68,6 +69,7 @@ class GatewaySettings(BaseServiceSettings):
     # Peers whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated, as uvicorn's
     # forwarded_allow_ips): Traefik's addresses. Only they get forwardAuth answers.
     trusted_proxies: str = "127.0.0.1,::1"
+    trusted_proxies_file: Path | None = None  # more of them, one file re-read (Nomad: from Consul)
     rate_limit_user_per_minute: int = 600
     rate_limit_ip_per_minute: int = 1200
     login_limit_per_minute: int = 30
@@ -439,5 +441,6 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     app = create_app(SPEC, settings)
     # Outermost, so the request log, the rate limits and the audit trail see the real client.
-    app.add_middleware(TrustedProxyMiddleware, trusted_proxies=settings.trusted_proxies)
+    app.add_middleware(TrustedProxyMiddleware, trusted_proxies=settings.trusted_proxies,
+                       extra_file=settings.trusted_proxies_file)
     return app
