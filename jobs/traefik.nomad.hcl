@@ -89,6 +89,7 @@ locals {
   http_port  = lookup(var.ports, "traefik_http", 8080)
   https_port = lookup(var.ports, "traefik_https", 8443)
   ping_port  = lookup(var.ports, "traefik_ping", 8082)
+  auth_port  = lookup(var.ports, "traefik_auth", 8083)
   resources  = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
 }
 
@@ -190,6 +191,13 @@ job "traefik" {
                 tls: {}
             ping:
               address: ":${local.ping_port}"
+            # forwardAuth's own hop to a gateway (its router is tagged entrypoints=auth):
+            # loopback only, and it keeps the X-Forwarded-For forwardAuth set, the real
+            # client's, which the gateway believes from Traefik's address alone.
+            auth:
+              address: "127.0.0.1:${local.auth_port}"
+              forwardedHeaders:
+                trustedIPs: ["127.0.0.1/32"]
           ping:
             entryPoint: ping
           providers:
@@ -215,8 +223,9 @@ job "traefik" {
         EOT
       }
 
-      # The shared middlewares, declared once. forwardAuth goes through Traefik itself to a
-      # passing gateway instance (its route is public), so any gateway may answer.
+      # The shared middlewares, declared once. forwardAuth goes through Traefik's loopback
+      # `auth` entrypoint to a passing gateway instance (so any gateway may answer); no
+      # public router leads to /internal/, and the token it mints goes upstream only.
       template {
         destination = "local/dynamic.yml"
         change_mode = "noop" # Traefik watches the file
@@ -225,7 +234,7 @@ job "traefik" {
             middlewares:
               auth:
                 forwardAuth:
-                  address: "http://127.0.0.1:${local.http_port}/api/v1/auth/verify"
+                  address: "http://127.0.0.1:${local.auth_port}/internal/auth/verify"
                   authResponseHeaders: ["X-User-Id", "X-User-Name", "Authorization"]
                   trustForwardHeader: false
                   maxResponseBodySize: 65536

@@ -104,7 +104,9 @@ def traefik_dynamic_config(config: PlatformConfig) -> dict:
             "middlewares": {
                 "auth": {
                     "forwardAuth": {
-                        "address": f"{config.url('gateway')}/api/v1/auth/verify",
+                        # Straight to the gateway (it trusts X-Forwarded-For from 127.0.0.1 only):
+                        # /internal/ has no public route, so the JWT it mints never reaches a client.
+                        "address": f"{config.url('gateway')}/internal/auth/verify",
                         "authResponseHeaders": ["X-User-Id", "X-User-Name", "Authorization"],
                         # The gateway answers with headers and a tiny JSON body only.
                         "maxResponseBodySize": 65536,
@@ -263,7 +265,7 @@ class Platform:
         self.processes.append(proc)
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{c.traefik_ping_port}/ping"), 30, proc, "answering /ping")
         # The file provider loads asynchronously: wait until a route answers through Traefik.
-        wait_until(lambda: _http_ok(f"{self.base_url}/api/v1/auth/verify", accept=(401,)), 30, proc, "routing")
+        wait_until(lambda: _http_ok(f"{self.base_url}/api/v1/auth/me", accept=(401,)), 30, proc, "routing")
 
     @property
     def base_url(self) -> str:

@@ -265,7 +265,7 @@ def test_traefik_static_config_rendered_by_nomad():
     dynamic = yaml.safe_load(next(t for t in task["Templates"] if t["DestPath"] == "local/dynamic.yml")["EmbeddedTmpl"])
     assert set(dynamic["http"]["middlewares"]) == {"auth", "retry"}
     auth = dynamic["http"]["middlewares"]["auth"]["forwardAuth"]
-    assert auth["address"].endswith(":18080/api/v1/auth/verify") and auth["trustForwardHeader"] is False
+    assert auth["address"] == "http://127.0.0.1:8083/internal/auth/verify" and auth["trustForwardHeader"] is False
     assert auth["authResponseHeaders"] == ["X-User-Id", "X-User-Name", "Authorization"]
 
 
