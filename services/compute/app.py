@@ -128,9 +128,12 @@ async def submit(request: Request, body: JobSubmit, principal: CurrentUser, resp
     if spec is None:
         raise Problem(422, f"Unknown job type {body.type[:64]!r}.", known=sorted(JOB_TYPES))
     try:
-        size = len(json.dumps(body.params, separators=(",", ":")).encode())
+        # allow_nan=False: Python's parser reads NaN and 1e400, a JSON response cannot hold them.
+        size = len(json.dumps(body.params, separators=(",", ":"), allow_nan=False).encode())
     except RecursionError:
         raise Problem(422, "The job's params nest too deeply.") from None
+    except ValueError:
+        raise Problem(422, "The job's params may not hold NaN or infinite numbers.") from None
     if size > settings.max_params_bytes:
         raise Problem(413, f"The job's params may take at most {settings.max_params_bytes} bytes as JSON.")
     if _has_nul(body.params) or _has_nul(body.dataset_id):

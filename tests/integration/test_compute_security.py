@@ -246,3 +246,41 @@ def test_a_refused_cross_user_job_access_is_audited(platform, http, alice, bob):
     assert eventually(lambda: any(line["outcome"] == "denied" and line["object"] == job["id"]
                                   for line in audit_lines(platform, "job.access")))
 
+
+
+ODD = [None, True, -1, 0, 10**30, -(10**30), 1.5, "", "x" * 5000, "a\x00b", "é", "../../x", [], ["a"], {}, {"a": 1}]
+
+
+def test_odd_values_anywhere_in_a_submission_are_never_5xx(http, bob):
+    """What a schema fuzzer does, in brief: every field of a submission, every odd value."""
+    dataset = upload(http, bob)
+    bases = [
+        {"type": "noop"},
+        {"type": "describe", "dataset_id": dataset},
+        {"type": "monte_carlo", "params": {"simulations": 100}},
+        {"type": "train_model", "dataset_id": dataset,
+         "params": {"model_id": str(uuid.uuid4()), "target": "y", "features": ["x"], "kind": "linear"}},
+    ]
+    statuses = set()
+    for base in bases:
+        fields = [*base, "queue", "depends_on", "retries", "timeout"]
+        for field in fields:
+            for value in ODD:
+                resp = http.post(JOBS, headers=bob, json={**base, field: value})
+                statuses.add(resp.status_code)
+                assert resp.status_code < 500, (field, value, resp.text)
+                if resp.status_code == 202:
+                    http.delete(f"{JOBS}/{resp.json()['id']}", headers=bob)
+        for name in base.get("params", {}):
+            for value in ODD:
+                resp = http.post(JOBS, headers=bob, json={**base, "params": {**base["params"], name: value}})
+                assert resp.status_code < 500, (name, value, resp.text)
+                if resp.status_code == 202:
+                    http.delete(f"{JOBS}/{resp.json()['id']}", headers=bob)
+    # Numbers JSON cannot carry back: Python's parser reads them, a response could not hold them.
+    for raw in ('{"type": "noop", "params": {"value": NaN}}', '{"type": "noop", "params": {"value": 1e400}}',
+                '{"type": "monte_carlo", "params": {"s0": Infinity}}'):
+        resp = http.post(JOBS, headers={**bob, "Content-Type": "application/json"}, content=raw)
+        assert_problem(resp, 422)
+    for params in ({"limit": "x"}, {"offset": -1}, {"offset": "1e3"}, {"status": "é"}, {"type": "x" * 500}):
+        assert 400 <= http.get(JOBS, headers=bob, params=params).status_code < 500, params
