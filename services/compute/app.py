@@ -7,8 +7,10 @@ progress, result or a readable error, cancel, and a list with filters complete t
 A train_model job names a model the ai service created for the caller and that awaits its
 first job (ai submits it; a foreign or unknown model is a 404, a trained one a 409). Users
 (not admins) have quotas: params of at most max_params_bytes, max_active_jobs queued or
-running (429 with Retry-After), and a per-queue ceiling on how long a job may hold a
-worker (user_max_timeout), so one user's long job cannot keep everyone else waiting long.
+running (429 with Retry-After), and bounds on how long one job may hold a worker, so one
+user's long job cannot keep everyone else waiting: a per-queue timeout ceiling
+(user_max_timeout), `default` stays the short lane (heavy job types cannot be moved onto
+it), and a user's sleep lasts at most user_max_sleep.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ComputeSettings(BaseServiceSettings):
     # The longest a user's job may run, per queue: a worker busy with one user's job is
     # busy for everyone, and default-queue jobs are meant to be short.
     user_max_timeout: dict[str, int] = {"default": 600, "heavy": 3600}
+    user_max_sleep: float = 60.0  # seconds: `sleep` is for tests, not for holding a worker
     # With a Nomad address, jobs bound for these queues run as dispatched `compute-batch`
     # allocations instead of on the long-running workers.
     nomad_addr: str | None = None
@@ -147,9 +150,14 @@ async def submit(request: Request, body: JobSubmit, principal: CurrentUser, resp
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise Problem(422, f"Invalid params for job type {body.type!r}.", errors=errors) from None
     queue_name = body.queue or spec.queue
+    if not principal.is_admin and queue_name == "default" and spec.queue != "default":
+        raise Problem(422, f"{spec.name} jobs run on the {spec.queue} queue; `default` is for short jobs.")
     timeout = _timeout(settings, principal, spec, queue_name, body.timeout)
-    if isinstance(validated, SleepParams) and validated.seconds >= timeout:
-        raise Problem(422, f"A sleep must end within the job's timeout ({timeout} s).")
+    if isinstance(validated, SleepParams):
+        if not principal.is_admin and validated.seconds > settings.user_max_sleep:
+            raise Problem(422, f"A sleep may last at most {settings.user_max_sleep:g} s.")
+        if validated.seconds >= timeout:
+            raise Problem(422, f"A sleep must end within the job's timeout ({timeout} s).")
     if isinstance(validated, DatasetParams):
         await _check_dataset(request, validated.dataset_id)
     if isinstance(validated, TrainModelParams):

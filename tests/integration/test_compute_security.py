@@ -206,6 +206,10 @@ def test_users_cannot_hold_a_worker_for_long(http, bob):
     limit = ComputeSettings.model_fields["user_max_timeout"].default["default"]
     assert_problem(http.post(JOBS, headers=bob, json={"type": "sleep", "params": {"seconds": 3600}}), 422)
     assert_problem(http.post(JOBS, headers=bob, json={"type": "noop", "timeout": limit + 1}), 422)
+    longest_sleep = ComputeSettings.model_fields["user_max_sleep"].default
+    assert_problem(http.post(JOBS, headers=bob, json={"type": "sleep", "params": {"seconds": longest_sleep + 1}}), 422)
+    # `default` is the short lane: a heavy job type cannot be moved onto it.
+    assert_problem(http.post(JOBS, headers=bob, json={"type": "monte_carlo", "queue": "default"}), 422)
     # The type's own longer timeout is cut to the users' limit.
     resp = http.post(JOBS, headers=bob, json={"type": "sleep", "params": {"seconds": 0}})
     assert resp.status_code == 202, resp.text
