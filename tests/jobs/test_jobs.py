@@ -159,6 +159,20 @@ def test_compute_api_has_a_nomad_identity_file_for_dispatch():
     assert "identity" not in tasks(groups(body)["workers"])["worker"]
 
 
+def test_only_compute_workers_hold_the_platform_api_key():
+    """The API key mints the platform's admin identity: the tasks that act as the platform
+    (workers reading datasets and reporting models) hold it, the compute API does not."""
+    holders = set()
+    for path in JOBS:
+        name, body = job_body(path)
+        for group_name, group in groups(body).items():
+            for task_name, task in tasks(group).items():
+                if any(t["destination"] == "secrets/service_api_key" for t in task.get("template", [])):
+                    holders.add(f"{name}/{group_name}/{task_name}")
+    assert "compute/api/compute" not in holders
+    assert {"compute/workers/worker", "compute-batch/run/job"} <= holders
+
+
 def test_gateway_alone_holds_the_signing_key():
     for path in JOBS:
         name, body = job_body(path)
