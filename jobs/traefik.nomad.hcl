@@ -89,7 +89,19 @@ locals {
   http_port  = lookup(var.ports, "traefik_http", 8080)
   https_port = lookup(var.ports, "traefik_https", 8443)
   ping_port  = lookup(var.ports, "traefik_ping", 8082)
-  resources  = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
+  # Clusters (Vagrant, production: the Docker driver) serve HTTPS on websecure and only
+  # redirect plain HTTP to it; forwardAuth then goes through a loopback entrypoint of its
+  # own (through web it would get the redirect). One machine (raw_exec: make e2e) is
+  # plain HTTP on web, as the embedded platform.
+  https_edge    = var.driver == "docker"
+  internal_port = lookup(var.ports, "traefik_internal", 8081)
+  auth_port     = local.https_edge ? local.internal_port : local.http_port
+  # The static config's lines that differ between the two (YAML flow style).
+  redirect            = "http: { redirections: { entryPoint: { to: websecure, scheme: https, permanent: true } } }"
+  web_role            = local.https_edge ? local.redirect : "asDefault: true"
+  internal            = "internal: { address: \"127.0.0.1:${local.internal_port}\", asDefault: true, transport: *timeouts }"
+  internal_entrypoint = local.https_edge ? local.internal : ""
+  resources           = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
 }
 
 job "traefik" {
@@ -168,10 +180,13 @@ job "traefik" {
       }
 
       # Static configuration: entrypoints, the Consul Catalog provider, the file provider.
+      # Entrypoint timeouts never 0 (a slowloris held a connection forever); the values and
+      # why: config/traefik/traefik.yml.
       # In secrets/ (owned by the task's user), as it carries the task's Consul token.
-      # Routers from Consul tags name no entrypoint: they join the asDefault ones (web,
-      # websecure), never `ping`. websecure terminates TLS (Traefik's default certificate
-      # until a certificate resolver or a file-provider certificate is configured).
+      # Routers from Consul tags name no entrypoint: they join the asDefault ones (websecure,
+      # and web or internal: see https_edge), never `ping`. websecure terminates TLS
+      # (Traefik's default certificate until a certificate resolver or a file-provider
+      # certificate is configured).
       template {
         destination = "secrets/traefik.yml"
         change_mode = "restart"
@@ -182,14 +197,22 @@ job "traefik" {
           entryPoints:
             web:
               address: ":${local.http_port}"
-              asDefault: true
+              ${local.web_role}
+              transport: &timeouts
+                respondingTimeouts:
+                  readTimeout: 10m
+                  writeTimeout: 15m
+                  idleTimeout: 90s
             websecure:
               address: ":${local.https_port}"
               asDefault: true
               http:
                 tls: {}
+              transport: *timeouts
+            ${local.internal_entrypoint}
             ping:
               address: ":${local.ping_port}"
+              transport: *timeouts
           ping:
             entryPoint: ping
           providers:
@@ -225,7 +248,7 @@ job "traefik" {
             middlewares:
               auth:
                 forwardAuth:
-                  address: "http://127.0.0.1:${local.http_port}/api/v1/auth/verify"
+                  address: "http://127.0.0.1:${local.auth_port}/api/v1/auth/verify"
                   authResponseHeaders: ["X-User-Id", "X-User-Name", "Authorization"]
                   trustForwardHeader: false
                   maxResponseBodySize: 65536

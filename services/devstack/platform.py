@@ -52,6 +52,15 @@ class PlatformConfig:
     worker_metrics_port: int = 8005  # the first worker's /metrics; the next ones count up
     admin_user: str = "admin"
     admin_password: str | None = None  # DATALAB_ADMIN_PASSWORD; else generated once
+    # Traefik's entrypoint timeouts (Go durations). Go's http.Server, which Traefik does not
+    # give a header timeout, bounds the headers by readTimeout, and readTimeout covers the
+    # whole request, body included: 10m cuts a slowloris client off and still carries a
+    # 512 MiB upload (DATALAB_MAX_UPLOAD_BYTES) at ~7 Mbit/s. writeTimeout runs from the end
+    # of the headers (body read, the service's work, the response): longer than readTimeout
+    # so an upload that was in time also gets its answer. Idle keep-alive connections: 90s.
+    traefik_read_timeout: str = "10m"
+    traefik_write_timeout: str = "15m"
+    traefik_idle_timeout: str = "90s"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -75,6 +84,9 @@ class PlatformConfig:
             admin_user=env.get("DATALAB_ADMIN_USER", "admin"),
             workers=int(env.get("DATALAB_WORKERS", 1)),
             admin_password=env.get("DATALAB_ADMIN_PASSWORD") or None,
+            traefik_read_timeout=env.get("DATALAB_TRAEFIK_READ_TIMEOUT", cls.traefik_read_timeout),
+            traefik_write_timeout=env.get("DATALAB_TRAEFIK_WRITE_TIMEOUT", cls.traefik_write_timeout),
+            traefik_idle_timeout=env.get("DATALAB_TRAEFIK_IDLE_TIMEOUT", cls.traefik_idle_timeout),
         )
 
     @classmethod
@@ -131,14 +143,16 @@ def traefik_dynamic_config(config: PlatformConfig) -> dict:
 
 
 def traefik_static_config(config: PlatformConfig, dynamic_file: Path) -> dict:
+    """HTTP only, on loopback: no websecure, so no redirect to it (config/traefik has both)."""
+    timeouts = {"respondingTimeouts": {  # never 0 (a slowloris holds a connection forever): see PlatformConfig
+        "readTimeout": config.traefik_read_timeout,
+        "writeTimeout": config.traefik_write_timeout,
+        "idleTimeout": config.traefik_idle_timeout,
+    }}
     return {
         "entryPoints": {
-            "web": {
-                "address": f"127.0.0.1:{config.http_port}",
-                # Large uploads stream through: no read timeout on slow bodies.
-                "transport": {"respondingTimeouts": {"readTimeout": "0s"}},
-            },
-            "ping": {"address": f"127.0.0.1:{config.traefik_ping_port}"},
+            "web": {"address": f"127.0.0.1:{config.http_port}", "transport": timeouts},
+            "ping": {"address": f"127.0.0.1:{config.traefik_ping_port}", "transport": timeouts},
         },
         "ping": {"entryPoint": "ping"},
         "providers": {"file": {"filename": str(dynamic_file), "watch": True}},
