@@ -2,12 +2,12 @@
 
 Raise `Problem` from domain code; the handlers below turn it, FastAPI's validation errors
 and Starlette's HTTP errors into problem documents. Unexpected exceptions become a 500 that
-names the request id and nothing else (no traceback or value ever reaches a client).
+names the request id and nothing else (no traceback or value ever reaches a client): that
+catch-all is in middleware.RequestContextMiddleware, inside the request id's scope.
 """
 
 from __future__ import annotations
 
-import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .logging import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("datalab.errors")
 
 
 class Problem(Exception):
@@ -82,13 +81,7 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
     return problem_response(422, "The request is not valid.", errors=errors)
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return problem_response(500, "Internal error; quote the request id when reporting it.")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(Exception, _on_unexpected)
