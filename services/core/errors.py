@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .logging import request_id_var
 
@@ -68,9 +69,23 @@ async def _on_problem(_: Request, exc: Problem) -> JSONResponse:
     )
 
 
-async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, detail, headers=headers)
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names only the methods
+    of the first route whose path matches, and FastAPI makes a route per method."""
+    routes = request.app.router.routes
+    return [m for m in METHODS
+            if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
 
 
 async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -112,14 +112,17 @@ class RequestContextMiddleware:
 class BodyTooLarge(HTTPException):
     """Raised from `receive` when the body passes the limit. An HTTPException, so FastAPI's
     body parsing passes it on (it turns other errors into a 400) and it becomes a 413
-    problem. The connection closes after it: the rest of the body is not wanted."""
+    problem. No `Connection: close`: closing while the peer still sends makes the kernel
+    reset the connection, and Traefik then loses the answer (a 502); uvicorn discards the
+    rest of the body instead, no worker held."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"The request body exceeds the limit of {limit} bytes.",
-                         headers={"Connection": "close"})
+        super().__init__(413, f"The request body exceeds the limit of {limit} bytes.")
 
 
 class BodyTimeout(HTTPException):
+    """A body that stopped arriving: the connection closes (nothing is being sent on it)."""
+
     def __init__(self, seconds: float):
         super().__init__(408, f"The request body stopped arriving for {seconds:g} s.",
                          headers={"Connection": "close"})
@@ -155,8 +158,7 @@ class BodyLimitMiddleware:
         limit = self._limit(headers)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            response = problem_response(413, f"The request body exceeds the limit of {limit} bytes.",
-                                        headers={"Connection": "close"})
+            response = problem_response(413, f"The request body exceeds the limit of {limit} bytes.")
             await response(scope, receive, send)  # before a byte of the body is read
             return
         received = 0

@@ -35,6 +35,11 @@ async def echo(body: Echo) -> dict:
     return {"length": len(body.text)}
 
 
+@router.get("/echo")  # a second route on the path: a 405 there names both methods
+async def echo_usage() -> dict:
+    return {"usage": "POST a JSON body"}
+
+
 @router.post("/raw")
 async def raw(request: Request) -> dict:
     """Reads the body itself and turns any error into its own, as the data upload does."""
