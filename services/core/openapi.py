@@ -84,10 +84,13 @@ def _calls(dependant: Dependant) -> set[Any]:
 
 def _statuses(route: APIRoute) -> set[int]:
     """The problem statuses this route can answer, from what it takes."""
-    statuses = {429, 500, 503}  # the edge's rate limit; a bug; a dependency down
+    # 401: Traefik's forwardAuth refuses a missing or bad token before any protected route,
+    # and the public ones (login, refresh) refuse bad credentials; 429: the edge's rate
+    # limits; 500: a bug; 503: a dependency down.
+    statuses = {401, 429, 500, 503}
     dependant = route.dependant
     if _calls(dependant) & {current_principal, admin_principal}:
-        statuses |= {401, 403}
+        statuses.add(403)
     if dependant.path_params:
         statuses |= {404, 422}
     if dependant.query_params or dependant.header_params or dependant.cookie_params:
