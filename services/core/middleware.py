@@ -21,7 +21,6 @@ import uuid
 
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import problem_response
@@ -42,14 +41,11 @@ QUIET_PATHS = {"/health", "/ready", "/metrics"}
 
 
 def _route_template(scope: Scope) -> str:
-    """The route's path template (bounded label cardinality), not the raw path."""
-    app = scope.get("app")
-    router = getattr(app, "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return getattr(route, "path", scope["path"])
-    return "unmatched"
+    """The route's path template (bounded label cardinality), never the raw path: every odd
+    path a client sends would be a new time series. The router leaves the route it
+    dispatched to in the scope (FastAPI: the APIRoute, also inside an included router)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
 
 
 class RequestContextMiddleware:

@@ -40,6 +40,13 @@ async def echo_usage() -> dict:
     return {"usage": "POST a JSON body"}
 
 
+@router.get("/items/{item_id}")
+async def item(item_id: str) -> dict:
+    from datalab.core.errors import Problem
+
+    raise Problem(404, f"No item {item_id!r}.")
+
+
 @router.post("/raw")
 async def raw(request: Request) -> dict:
     """Reads the body itself and turns any error into its own, as the data upload does."""

@@ -229,3 +229,15 @@ def test_405_names_every_method_of_the_path(probe):
     resp = conn.getresponse()
     assert resp.status == 405 and resp.getheader("content-type") == PROBLEM
     assert resp.getheader("allow") == "GET, POST"
+
+
+def test_metrics_label_routes_by_template_not_raw_path(probe):
+    """Every distinct path a client (or a fuzzer) sends must not become a time series."""
+    app_port, web_port, _ = probe
+    conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=10)
+    for odd in ("/api/v1/probe/items/odd-1", "/api/v1/probe/items/odd-2", "/api/v1/probe/nothing-here"):
+        _get(conn, odd)
+    _, _, metrics = _get(http.client.HTTPConnection("127.0.0.1", app_port, timeout=10), "/metrics")
+    text = metrics.decode()
+    assert 'route="/api/v1/probe/items/{item_id}"' in text and 'route="unmatched"' in text
+    assert "odd-1" not in text and "nothing-here" not in text
