@@ -6,7 +6,7 @@ Bounded and reproducible: at most DATALAB_FUZZ_EXAMPLES cases per operation, a t
 of DATALAB_FUZZ_SECONDS per service, deterministic generation (the same cases each run),
 and a request rate under the gateway's per-user limit (a 429 would test nothing). Each
 service's figures (requests, 5xx, check failures) are printed and kept, with the HAR of
-every request and schemathesis' JSON report, under the platform's home in fuzz/<service>/.
+every request and schemathesis' JSON report, under pytest's basetemp in fuzz/<service>/.
 
 The caller is a fresh non-admin user: what it creates is its own, it cannot touch the other
 tests' data, and admin-only operations are exercised as refusals (403).
@@ -161,14 +161,15 @@ def _schema(platform, base_url: str, service: str, headers: dict, path: Path) ->
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_service_conforms_to_its_openapi(platform, base_url, user_factory, request, service):
+def test_service_conforms_to_its_openapi(platform, base_url, user_factory, request, tmp_path_factory, capsys,
+                                         record_property, service):
     if service not in platform.config.services:
         pytest.skip(f"{service} is not running (DATALAB_TEST_SERVICES)")
     if service in KNOWN:
         request.applymarker(pytest.mark.xfail(reason=KNOWN[service], strict=False))
     _, _, headers = user_factory(f"fuzz-{service}-")
     token = headers["Authorization"].removeprefix("Bearer ")
-    out = platform.config.home / "fuzz" / service
+    out = tmp_path_factory.getbasetemp() / "fuzz" / service  # kept after the run (pytest's basetemp)
     out.mkdir(parents=True, exist_ok=True)
     schema = _schema(platform, base_url, service, headers, out / "openapi.json")
     figures = run_schemathesis(schema, base_url, token, out, seed(base_url, headers))
@@ -177,10 +178,9 @@ def test_service_conforms_to_its_openapi(platform, base_url, user_factory, reque
                f"{sum(f['count'] for f in figures['failures'])} check failures "
                f"({', '.join(f['code'] + ' ' + f['title'] for f in figures['failures']) or 'none'}); "
                f"statuses {figures['statuses']}; stopped: {figures['stop_reason']}")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(summary)
-    print(summary)
+    record_property("fuzz", figures)
+    with capsys.disabled():  # on the terminal whatever the capture mode
+        print(f"\n{summary}; files: {out}")
     assert figures["requests"] > 0 and not figures["errors"], figures
     assert figures["5xx"] == 0, f"{summary}\n{(out / 'output.txt').read_text()[-20000:]}"
     assert not figures["failures"], f"{summary}\n{(out / 'output.txt').read_text()[-20000:]}"
