@@ -29,10 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select, update
 
 from datalab.core import db, events
+from datalab.core.audit import audit
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.auth import AdminUser, CurrentUser, Principal, bearer_token
 from datalab.core.client import ServiceResponse, ServiceUnavailable
 from datalab.core.errors import Problem
+from datalab.core.openapi import problems
 from datalab.core.settings import BaseServiceSettings, ensure_dir
 
 from . import training
@@ -48,6 +50,8 @@ TRAIN_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
 PROBLEM_TYPE = "https://datalab.dev/problems/invalid-model"
+MAX_OFFSET = 1_000_000_000  # PostgreSQL takes a bigint; past the rows any page is empty anyway
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold a NUL character
 
 
 class AiSettings(BaseServiceSettings):
@@ -60,15 +64,16 @@ class AiSettings(BaseServiceSettings):
     batch_max_size: int = Field(256, ge=1)  # rows per predict call; 1 turns micro-batching off
     batch_max_wait_ms: float = Field(2.0, ge=0)
     predict_max_rows: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=0)  # a predict call of predict_max_rows rows
 
 
 class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    dataset_id: str
+    dataset_id: str = Field(max_length=64)  # a data id (a UUID): see _dataset_id
     target: str = Field(min_length=1, max_length=255)
     features: list[str] = Field(min_length=1, max_length=1000)
     kind: training.Kind
-    name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     params: dict[str, Any] = Field(default_factory=dict)  # training.PARAMS lists them per kind
     run_async: bool | None = Field(default=None, alias="async")  # None: by dataset size
 
@@ -141,6 +146,15 @@ def _unprocessable() -> Iterator[None]:
         raise Problem(422, str(exc), type_=PROBLEM_TYPE) from None
 
 
+def _dataset_id(value: str) -> str:
+    """The canonical form of a dataset id; 404 for what cannot be one. It goes into the path
+    of a call to data, where "" or "x/content" would name another route."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Problem(404, f"No dataset {value!r}.") from None
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -155,12 +169,21 @@ async def _row(request: Request, model_id: str) -> Model | None:
     return await db.read(request.app.state.sessions, lambda session: session.get(Model, model_id))
 
 
-async def _owned(request: Request, model_id: str, principal: Principal) -> Model:
-    """The model if the caller may see it; 404 otherwise (others' models do not exist)."""
+async def _owned(request: Request, model_id: str, principal: Principal, action: str) -> Model:
+    """The model if the caller may see it; 404 otherwise (others' models do not exist, but
+    the attempt on one goes to the audit trail as `action` denied)."""
     row = await _row(request, model_id)
-    if row is None or (row.owner_id != principal.user_id and not principal.is_admin):
+    if row is not None and row.owner_id != principal.user_id and not principal.is_admin:
+        _denied(request, principal, action, model_id)
+        row = None
+    if row is None:
         raise Problem(404, f"No model {model_id!r}.")
     return row
+
+
+def _denied(request: Request, principal: Principal, action: str, model_id: str) -> None:
+    audit(action, "denied", actor=principal.username, object=f"model:{model_id}", request=request,
+          reason="not the owner")
 
 
 async def _call(request: Request, service: str, method: str, path: str, **kwargs) -> ServiceResponse:
@@ -185,16 +208,18 @@ async def _dataset(request: Request, dataset_id: str, suffix: str = "") -> Servi
 
 # -- training -------------------------------------------------------------------------------
 
-@router.post("/models", status_code=201, response_model=ModelOut, responses={202: {"model": ModelOut}})
+@router.post("/models", status_code=201, response_model=ModelOut,
+             responses={202: {"model": ModelOut}, **problems(404, 502)})
 async def create_model(request: Request, response: Response, body: TrainRequest, principal: CurrentUser) -> ModelOut:
     settings: AiSettings = request.app.state.settings
-    meta = (await _dataset(request, body.dataset_id)).json()
+    dataset_id = _dataset_id(body.dataset_id)
+    meta = (await _dataset(request, dataset_id)).json()
     columns = {c["name"]: c["type"] for c in meta["columns"]}
     with _unprocessable():  # every mistake the metadata can show, before any download
         params = training.check_request(columns, body.target, body.features, body.kind, body.params,
                                         rows=meta["rows"])
     row = Model(
-        id=str(uuid.uuid4()), owner_id=principal.user_id, dataset_id=body.dataset_id, name=body.name,
+        id=str(uuid.uuid4()), owner_id=principal.user_id, dataset_id=dataset_id, name=body.name,
         kind=body.kind, target=body.target, features=body.features, params=params,
         task={"linear": "regression", "logistic": "classification"}.get(body.kind),
     )
@@ -320,7 +345,7 @@ async def list_models(
     request: Request,
     principal: CurrentUser,
     limit: Annotated[int, QueryParam(ge=1, le=500)] = 50,
-    offset: Annotated[int, QueryParam(ge=0)] = 0,
+    offset: Annotated[int, QueryParam(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ModelPage:
     where = [] if principal.is_admin else [Model.owner_id == principal.user_id]
     async with request.app.state.sessions() as session:
@@ -334,12 +359,12 @@ async def list_models(
 
 @router.get("/models/{model_id}", response_model=ModelOut)
 async def get_model(request: Request, model_id: str, principal: CurrentUser) -> ModelOut:
-    return _out(await _owned(request, model_id, principal))
+    return _out(await _owned(request, model_id, principal, "model.read"))
 
 
 @router.delete("/models/{model_id}", status_code=204)
 async def delete_model(request: Request, model_id: str, principal: CurrentUser) -> Response:
-    row = await _owned(request, model_id, principal)
+    row = await _owned(request, model_id, principal, "model.delete")
     async with request.app.state.sessions() as session, session.begin():
         await session.execute(delete(Model).where(Model.id == model_id))
     if row.status == "training" and row.job_id:
@@ -349,6 +374,8 @@ async def delete_model(request: Request, model_id: str, principal: CurrentUser) 
     # Every other ai instance drops it from its cache too (see _follow_deletions).
     await request.app.state.redis.publish(events.MODEL_DELETED, model_id)
     log.info("model deleted", extra={"model_id": model_id})
+    audit("model.delete", "success", actor=principal.username, object=f"model:{model_id}",
+          request=request, owner_id=row.owner_id)
     return Response(status_code=204)
 
 
@@ -363,7 +390,7 @@ async def _cancel_job(request: Request, job_id: str) -> None:
         log.warning("could not cancel a training job", extra={"job_id": job_id, "status": resp.status})
 
 
-@router.post("/models/{model_id}/predict")
+@router.post("/models/{model_id}/predict", responses=problems(409))
 async def predict(request: Request, model_id: str, body: PredictRequest, principal: CurrentUser) -> JSONResponse:
     state = request.app.state
     if len(body.rows) > state.settings.predict_max_rows:
@@ -371,11 +398,12 @@ async def predict(request: Request, model_id: str, body: PredictRequest, princip
     # A cached model is ready and its owner known: no database round trip (the hot path).
     served = state.cache.peek(model_id)
     if served is None:
-        row = await _owned(request, model_id, principal)
+        row = await _owned(request, model_id, principal, "model.predict")
         if row.status != "ready":
             raise Problem(409, f"Model {model_id} is {row.status}, not ready.", model_status=row.status)
         served = await state.cache.get(model_id, _artifact(request, model_id), row.owner_id)
     elif served.owner_id != principal.user_id and not principal.is_admin:
+        _denied(request, principal, "model.predict", model_id)
         raise Problem(404, f"No model {model_id!r}.")
     with _unprocessable():
         X = served.model.matrix(body.rows)

@@ -2,7 +2,8 @@
 
 A service module supplies a `ServiceSpec` (its routers, tables, start-up hooks); this
 module adds what every service has: JSON logs with request ids, Prometheus `/metrics`,
-`/health` and `/ready`, problem+json errors, JWT verification, the database engine, Redis,
+`/health` and `/ready`, problem+json errors (documented in the OpenAPI), request-body
+limits, JWT verification, the database engine, Redis,
 the service client, and an orderly shutdown.
 """
 
@@ -26,7 +27,8 @@ from .db import create_engine, create_schema, ping, sessionmaker
 from .discovery import create_discovery
 from .errors import install_error_handlers, problem_response
 from .logging import configure_logging
-from .middleware import RequestContextMiddleware
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .openapi import install_openapi
 from .secrets import SecretStore
 from .settings import BaseServiceSettings
 
@@ -82,8 +84,14 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
     app.state.settings = settings
     app.state.secrets = secrets
     app.state.token_verifier = TokenVerifier(secrets, settings.jwt_issuer, settings.jwt_audience)
+    # Added inner first: the request context wraps everything, body limits included.
+    app.add_middleware(
+        BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes,
+        idle_timeout=settings.body_idle_timeout_seconds,
+    )
     app.add_middleware(RequestContextMiddleware, service=spec.name)
     install_error_handlers(app)
+    install_openapi(app, spec.routers)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict:

@@ -2,12 +2,12 @@
 
 Raise `Problem` from domain code; the handlers below turn it, FastAPI's validation errors
 and Starlette's HTTP errors into problem documents. Unexpected exceptions become a 500 that
-names the request id and nothing else (no traceback or value ever reaches a client).
+names the request id and nothing else (no traceback or value ever reaches a client): that
+catch-all is in middleware.RequestContextMiddleware, inside the request id's scope.
 """
 
 from __future__ import annotations
 
-import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -15,11 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .logging import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("datalab.errors")
 
 
 class Problem(Exception):
@@ -69,9 +69,23 @@ async def _on_problem(_: Request, exc: Problem) -> JSONResponse:
     )
 
 
-async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, detail, headers=headers)
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names only the methods
+    of the first route whose path matches, and FastAPI makes a route per method."""
+    routes = request.app.router.routes
+    return [m for m in METHODS
+            if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
 
 
 async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,13 +96,7 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
     return problem_response(422, "The request is not valid.", errors=errors)
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return problem_response(500, "Internal error; quote the request id when reporting it.")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -64,6 +64,13 @@ class BaseServiceSettings(BaseSettings):
 
     shutdown_grace_seconds: float = 10.0
 
+    # Request bodies (core.middleware.BodyLimitMiddleware): any body up to max_body_bytes;
+    # a service that takes uploads sets max_upload_bytes, which then governs multipart
+    # bodies. A body whose next chunk takes longer than body_idle_timeout_seconds is a 408.
+    max_body_bytes: int = Field(1024 * 1024, ge=0)
+    max_upload_bytes: int | None = Field(None, ge=0)
+    body_idle_timeout_seconds: float = Field(30.0, gt=0)
+
 
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=mode)

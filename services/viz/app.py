@@ -25,10 +25,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
 from datalab.core import events
+from datalab.core.audit import audit
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.auth import CurrentUser, bearer_token
 from datalab.core.client import ServiceResponse, ServiceUnavailable
 from datalab.core.errors import Problem, problem_response
+from datalab.core.openapi import problem, problems
 from datalab.core.settings import BaseServiceSettings
 
 from . import render
@@ -239,15 +241,22 @@ async def _render(app: FastAPI, token: str | None, spec: ChartSpec, types: dict[
     responses={
         200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The chart."},
         304: {"description": "If-None-Match matched: the client's copy is current."},
-        406: {"description": "Accept allows neither image/png nor image/svg+xml."},
+        406: problem(406, "Accept allows neither image/png nor image/svg+xml."),
+        **problems(404, 502),
     },
 )
-async def chart(request: Request, spec: ChartSpec, _user: CurrentUser) -> Response:
+async def chart(request: Request, spec: ChartSpec, user: CurrentUser) -> Response:
     app = request.app
     fmt = negotiate(request.headers.get("accept"))
     token = bearer_token(request)
     # Always asked, also before a 304: data decides that the caller may see the dataset.
-    meta = (await _data(app, token, "GET", f"/api/v1/data/datasets/{spec.dataset_id}")).json()
+    try:
+        meta = (await _data(app, token, "GET", f"/api/v1/data/datasets/{spec.dataset_id}")).json()
+    except Problem as exc:
+        if exc.status in (403, 404):  # data's 404 covers others' datasets: they "do not exist"
+            audit("chart.render", "denied", actor=user.username, object=f"dataset:{spec.dataset_id}",
+                  request=request, reason=f"data answered {exc.status}")
+        raise
     types = {c["name"]: c["type"] for c in meta["columns"]}
     check_columns(spec, types)
     key = cache_key(spec, fmt, meta["created_at"], render.RENDERER)

@@ -46,6 +46,7 @@ def draw(spec: ChartSpec, types: dict[str, str], body: bytes, fmt: Format) -> tu
 def render(spec: ChartSpec, types: dict[str, str], result: dict[str, Any], fmt: Format) -> bytes:
     """The chart of data's query `result` (columns, rows, total) as image bytes."""
     rows = [_parse_dates(r, types) for r in result["rows"]]
+    rows, dropped = _binnable(spec, types, rows)
     fig = Figure(figsize=(spec.width / DPI, spec.height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -58,10 +59,14 @@ def render(spec: ChartSpec, types: dict[str, str], result: dict[str, Any], fmt: 
     else:
         _series(fig, ax, spec, rows)
     ax.set_title(_text(spec.title if spec.title is not None else default_title(spec)))
-    if (total := result.get("total", 0)) > len(rows):  # data answers one page at most
+    notes = []
+    if (total := result.get("total", 0)) > len(rows) + dropped:  # data answers one page at most
         unit = "rows" if spec.func is None or binned_axes(spec, types) else "groups"
-        fig.text(0.995, 0.005, f"first {len(rows):,} of {total:,} {unit}", ha="right", va="bottom",
-                 fontsize=7, color="gray")
+        notes.append(f"first {len(rows) + dropped:,} of {total:,} {unit}")
+    if dropped:
+        notes.append(f"{dropped:,} rows without a finite value left out")
+    if notes:
+        fig.text(0.995, 0.005, "; ".join(notes), ha="right", va="bottom", fontsize=7, color="gray")
     out = io.BytesIO()
     fig.savefig(out, format=fmt, metadata=_METADATA[fmt])
     return out.getvalue()
@@ -101,6 +106,24 @@ def _parse_dates(row: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
         if isinstance(value, str) and types.get(name) in ("date", "datetime"):
             out[name] = dt.datetime.fromisoformat(value)
     return out
+
+
+def _binnable(spec: ChartSpec, types: dict[str, str], rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Rows that have a place in the bins, and how many do not. Binning needs finite numbers:
+    a float column can hold NaN or ±inf, which data sends as null (they are not SQL nulls, so
+    its not_null filter keeps them)."""
+    if spec.kind == "histogram":
+        binned = [spec.x]
+    elif spec.kind == "heatmap":
+        binned = [c for c in (spec.x, spec.y) if c is not None and types.get(c) == "float"]
+    else:
+        return rows, 0
+    kept = [r for r in rows if all(_finite(r[c]) for c in binned)]
+    return kept, len(rows) - len(kept)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def _groups(spec: ChartSpec, rows: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:

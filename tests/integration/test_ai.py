@@ -3,6 +3,7 @@ every bad input as a 4xx problem, privacy, the worker's result contract, and the
 through the real compute service (skipped, loudly, when compute is not running)."""
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -206,6 +207,59 @@ def test_bad_prediction_requests(http, owner, line_model):
     assert_problem(http.post(f"{MODELS}/{uuid.uuid4()}/predict", headers=owner, json={"rows": [{"x": 1}]}),
                    404, "No model")
     assert_problem(http.get(f"{MODELS}/not-a-uuid", headers=owner), 404, "No model")
+
+
+def test_odd_inputs_are_4xx_not_500(http, owner, datasets):
+    """Each was an unhandled 500: an offset past PostgreSQL's bigint, a NUL character
+    (PostgreSQL text cannot hold one), a dataset id that names another data route."""
+    assert_problem(http.get(MODELS, params={"offset": 10**30}, headers=owner), 422)
+    body = assert_problem(train(http, owner, datasets["regression"], "y", ["x"], "linear", name="a\x00b"), 422)
+    assert body["errors"][0]["loc"] == ["body", "name"]
+    for bad in ("", "/", "x/content", "..", "\x00"):
+        assert_problem(train(http, owner, bad, "y", ["x"], "linear"), 404, "No dataset")
+    # A dataset id in another spelling of the same UUID is the dataset.
+    spelled = datasets["regression"].replace("-", "").upper()
+    assert train(http, owner, spelled, "y", ["x"], "linear").json()["dataset_id"] == datasets["regression"]
+
+
+def audit_lines(platform, service: str, action: str) -> list[dict]:
+    lines = (platform.logs / f"{service}.log").read_text().splitlines()
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("audit") is True and entry.get("action") == action:
+            out.append(entry)
+    return out
+
+
+def test_deletes_and_refused_access_are_audited(platform, http, owner, user_factory, datasets):
+    name, _, alice = user_factory("audited")
+    intruder, _, other = user_factory("snoop")
+    mid = train(http, alice, datasets_of(http, alice), "y", ["x"], "linear").json()["id"]
+    for action, call in (
+        ("model.read", lambda h: http.get(f"{MODELS}/{mid}", headers=h)),
+        ("model.predict", lambda h: http.post(f"{MODELS}/{mid}/predict", headers=h, json={"rows": [{"x": 1}]})),
+        ("model.delete", lambda h: http.delete(f"{MODELS}/{mid}", headers=h)),
+    ):
+        assert_problem(call(other), 404)  # the answer stays "no such model"
+        assert eventually(lambda a=action: any(
+            e["outcome"] == "denied" and e["actor"] == intruder and e["object"] == f"model:{mid}"
+            for e in audit_lines(platform, "ai", a)))
+    # A model that does not exist is no one's: no audit line for it.
+    ghost = str(uuid.uuid4())
+    assert_problem(http.get(f"{MODELS}/{ghost}", headers=other), 404)
+    assert http.delete(f"{MODELS}/{mid}", headers=alice).status_code == 204
+    assert eventually(lambda: any(
+        e["outcome"] == "success" and e["actor"] == name and e["object"] == f"model:{mid}" and e["request_id"]
+        for e in audit_lines(platform, "ai", "model.delete")))
+    assert not any(ghost in (e.get("object") or "") for e in audit_lines(platform, "ai", "model.read"))
+
+
+def datasets_of(http, headers) -> str:
+    return upload(http, headers, regression_csv(40))
 
 
 def test_models_are_private(http, owner, user_factory, line_model, datasets):

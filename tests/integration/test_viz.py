@@ -2,6 +2,7 @@
 renders, the cache dropped on dataset delete, and every bad input as a 4xx problem."""
 
 import io
+import json
 import re
 import threading
 import uuid
@@ -213,6 +214,38 @@ def test_unknown_or_foreign_dataset_is_404(http, owner, dataset, user_factory):
     assert_problem(post(http, stranger, {"dataset_id": dataset, **spec}), 404)
     assert_problem(post(http, stranger, {"dataset_id": dataset, **spec}, **{"If-None-Match": etag}), 404)
     assert_problem(post(http, owner, {"dataset_id": str(uuid.uuid4()), **spec}), 404)
+
+
+def test_foreign_dataset_is_audited_as_denied(http, platform, dataset, user_factory):
+    name, _, stranger = user_factory("viz-auditee")
+    assert_problem(post(http, stranger, {"dataset_id": dataset, "kind": "bar", "x": "city"}), 404)
+
+    def denied() -> list[dict]:
+        lines = (platform.logs / "viz.log").read_text().splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in entries if e.get("audit") is True and e.get("action") == "chart.render"
+                and e.get("outcome") == "denied" and e.get("actor") == name]
+
+    assert eventually(denied)
+    assert denied()[0]["object"] == f"dataset:{dataset}" and denied()[0]["request_id"]
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "histogram", "x": "v"},
+    {"kind": "histogram", "x": "v", "group_by": "g", "bins": 4},
+    {"kind": "heatmap", "x": "v", "y": "g"},
+    {"kind": "heatmap", "x": "g", "y": "v", "value": "n", "aggregate": "sum"},
+], ids=kind_id)
+def test_float_column_with_nan_and_inf_is_charted(http, owner, spec):
+    """NaN and ±inf in a float column reach viz as null (data's JSON) past the not_null filter;
+    binning them was a 500. The chart leaves them out."""
+    content = "v,g,n\n1.5,a,1\ninf,b,2\nNaN,a,3\n-inf,b,4\n2.5,a,5\n4.0,b,6\n"
+    resp = http.post("/api/v1/data/datasets", headers=owner, files={"file": ("odd.csv", content, "text/csv")})
+    assert resp.status_code == 201, resp.text
+    assert {c["name"]: c["type"] for c in resp.json()["columns"]}["v"] == "float"
+    chart = post(http, owner, {"dataset_id": resp.json()["id"], **spec})
+    assert chart.status_code == 200, chart.text
+    assert chart.content[:8] == PNG_SIGNATURE
 
 
 def test_admin_sees_any_dataset(http, admin_headers, dataset):

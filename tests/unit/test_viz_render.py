@@ -51,6 +51,32 @@ def test_every_kind_renders_reproducibly(fields, rows):
     assert ET.fromstring(svg).tag.endswith("svg") and svg == render(spec, TYPES, result, "svg")
 
 
+# A float column holding NaN or ±inf: data sends those as null (they are not SQL nulls, so
+# the chart query's not_null filter keeps them). Binning them failed the render (a 500).
+NON_FINITE = [{"x": 1.5, "y": 0.5, "city": "A"}, {"x": None, "y": 2.0, "city": "B"},
+              {"x": 2.5, "y": None, "city": "A"}, {"x": 3.0, "y": 1.0, "city": "B"}]
+
+
+@pytest.mark.parametrize(
+    "fields, rows",
+    [
+        ({"kind": "histogram", "x": "x"}, NON_FINITE),
+        ({"kind": "histogram", "x": "x", "group_by": "city"}, NON_FINITE),
+        ({"kind": "heatmap", "x": "x", "y": "city"}, NON_FINITE),
+        ({"kind": "heatmap", "x": "x", "y": "y"}, NON_FINITE),
+        ({"kind": "histogram", "x": "x"}, [{"x": None}, {"x": None}]),  # nothing finite at all
+    ],
+)
+def test_non_finite_values_are_left_out_of_bins(fields, rows):
+    spec = chart(**fields, width=400, height=300)
+    for fmt in ("png", "svg"):
+        image = render(spec, TYPES, {"rows": rows, "total": len(rows)}, fmt)
+        assert image == render(spec, TYPES, {"rows": rows, "total": len(rows)}, fmt)
+    assert png_shape(render(spec, TYPES, {"rows": rows, "total": len(rows)}, "png")) == (300, 400)
+    svg = render(spec, TYPES, {"rows": rows, "total": len(rows)}, "svg").decode()
+    assert "without a finite value left out" in svg
+
+
 def test_draw_parses_data_answer_and_times_itself():
     body = json.dumps({"rows": POINTS, "total": 5000}).encode()
     image, seconds = draw(chart(kind="scatter", x="x", y="y"), TYPES, body, "png")
