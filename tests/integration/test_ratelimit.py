@@ -119,8 +119,11 @@ def nomad_traefik_configs(root: Path, urls: dict[str, str], ports: dict[str, int
     (task,) = job["group"][0]["traefik"]["task"][0].values()
     templates = {t["destination"]: _heredoc(t["data"]) for t in task["template"]}
 
+    # raw_exec's web entrypoint (plain HTTP, routers join it), as make e2e runs it.
+    values = {**ports, "web_role": "asDefault: true"}
+
     def render(text: str) -> str:
-        text = re.sub(r"\$\{local\.(\w+)\}", lambda m: str(ports[m.group(1)]), text)
+        text = re.sub(r"\$\{local\.(\w+)\}", lambda m: str(values[m.group(1)]), text)
         text = re.sub(r"\$\{split\([^}]*\}", "consul-unused", text)
         return text.replace('{{ env "CONSUL_HTTP_TOKEN" }}', "").replace('{{ env "NOMAD_TASK_DIR" }}', str(root))
 
