@@ -11,6 +11,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -82,6 +83,15 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
     return problem_response(422, "The request is not valid.", errors=errors)
 
 
+async def _on_redis(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+    # Redis down, full (maxmemory, noeviction) or refusing (ACL): the request can be retried,
+    # so a 503, not a 500. A NOPERM is a missing rule in redis_users.py: log it loudly.
+    level = logging.ERROR if isinstance(exc, redis.exceptions.NoPermissionError) else logging.WARNING
+    log.log(level, "redis error", extra={"error": f"{type(exc).__name__}: {exc}"})
+    return problem_response(503, "A backing store is not answering or is full; try again shortly.",
+                            headers={"Retry-After": "5"})
+
+
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return problem_response(500, "Internal error; quote the request id when reporting it.")
@@ -91,4 +101,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(redis.exceptions.RedisError, _on_redis)
     app.add_exception_handler(Exception, _on_unexpected)
