@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import hvac
 import psutil
 
+from datalab.core.redis_users import SERVICE_USERS
 from datalab.hashicorp import nomad as nomad_cli
 from datalab.hashicorp import vault
 from datalab.hashicorp.cluster_checks import Cluster, run_checks
@@ -97,33 +97,35 @@ def main(argv: list[str] | None = None) -> int:
         bao = OpenBaoDev(root / "openbao")
         bao.start()
         started.append(bao)
-        pg_port, redis_port = free_ports(2)
-        pg = Postgres(root / "postgres", pg_port)
+        pg = Postgres(root / "postgres", free_ports(1)[0])
         pg.start()
         started.append(pg)
         pg.execute("CREATE DATABASE datalab") if not pg.execute(
             "SELECT 1 FROM pg_database WHERE datname = 'datalab'") else None
-        redis = Redis(root / "redis", redis_port, secrets.token_urlsafe(24))
-        redis.start()
-        started.append(redis)
         consul_register(consul, "postgres", pg.port)
-        consul_register(consul, "redis", redis.port)
         nomad = NomadDev(root / "nomad", consul, bao)
         nomad.start()
         started.append(nomad)
-        traefik = subprocess.run([str(venv / "bin" / "traefik"), "version"], capture_output=True, text=True,
-                                 check=True).stdout.split()
-        summary += [consul.version(), bao.version().split(" (")[0], nomad.version(),
-                    f"Traefik {traefik[traefik.index('Version:') + 1]}", pg.version(),
-                    redis.version().split(" sha=")[0]]
-        say("agents up: " + "; ".join(summary))
 
         say("vault bootstrap (with Nomad's JWKS)")
         client = hvac.Client(url=bao.address, token=bao.root_token)
         # Short leases, so that Nomad's template (which renews at ~2/3 of the TTL) notices a
         # revoked lease within seconds in fault 3; production keeps the 1h default.
         vault.bootstrap(client, vault.Options(pg_admin_url=pg.admin_url("datalab"), nomad_addr=nomad.address,
-                                              redis_password=redis.password, default_ttl=LEASE_TTL))
+                                              default_ttl=LEASE_TTL))
+        # Redis with the ACL users bootstrap generated, as the redis job gets them from Vault.
+        passwords = {user: json.loads(vault.kv_json(client, f"datalab/redis/{user}"))["password"]
+                     for user in (*SERVICE_USERS, "admin")}
+        redis = Redis(root / "redis", free_ports(1)[0], passwords)
+        redis.start()
+        started.append(redis)
+        consul_register(consul, "redis", redis.port)
+        traefik = subprocess.run([str(venv / "bin" / "traefik"), "version"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        summary += [consul.version(), bao.version().split(" (")[0], nomad.version(),
+                    f"Traefik {traefik[traefik.index('Version:') + 1]}", pg.version(),
+                    redis.version().split(" sha=")[0]]
+        say("agents up, vault bootstrapped: " + "; ".join(summary))
         admin_password = client.secrets.kv.v2.read_secret_version(
             path="datalab/gateway", mount_point="kv", raise_on_deleted_version=True)["data"]["data"]["admin_password"]
 
