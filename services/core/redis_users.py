@@ -65,7 +65,7 @@ USERS: dict[str, RedisUser] = {u.name: u for u in (
     # RQ workers (and compute-batch allocations): the scheduler's lock is a Lua script (EVALSHA,
     # SCRIPT LOAD/EXISTS; Lua runs with this user's rights); a worker names its connection.
     RedisUser("worker", keys=("rq:*", "dl:compute:*"), channels=("rq:pubsub:*",),
-              commands=(*_RQ, "+info", "+evalsha", "+eval", "+script|load", "+script|exists", "+client|setname")),
+              commands=(*_RQ, "+info", "+evalsha", "+script|load", "+script|exists", "+client|setname")),
     # Operators and the test harness only: no service is ever given this one.
     RedisUser("admin", keys=("*",), channels=("*",), commands=("+@all",)),
 )}
