@@ -157,7 +157,7 @@ class Platform:
 
     # -- first-run state ------------------------------------------------------------
 
-    def _ensure_secrets(self) -> dict[str, str]:
+    def _ensure_secrets(self) -> dict:
         """Generate development secrets once; later starts reuse them."""
         s = self.secrets_dir
         s.mkdir(parents=True, exist_ok=True, mode=0o700)

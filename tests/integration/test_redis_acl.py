@@ -120,3 +120,16 @@ def test_compute_and_worker_have_the_queue_but_nothing_else(users):
     # ...and a script runs with the caller's rights: no reaching other keys through Lua.
     assert denied(lambda: users["worker"].evalsha(sha, 1, "dl:rl:x"))
     assert denied(lambda: users["compute"].evalsha(sha, 1, "rq:acl-test"))
+
+
+def test_credentials_are_0600_and_the_server_config_holds_hashes_only(platform):
+    for user in (*SERVICE_USERS, "admin"):
+        path = platform.secrets_dir / redis_secret_name(user)
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert not (platform.secrets_dir / "redis_password").exists()  # the old shared one
+    conf = platform.redis.conf
+    assert conf.stat().st_mode & 0o777 == 0o600
+    text = conf.read_text()
+    assert "requirepass" not in text and "user default off" in text
+    for password in platform.redis.passwords.values():
+        assert password not in text
