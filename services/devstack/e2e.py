@@ -37,6 +37,7 @@ RUN_AS = "datalab"
 # Deployed all at once (datalab deploy --parallel): no job waits on another to start.
 DEPLOY_JOBS = ["traefik", "gateway", "data", "ai", "compute", "viz", "compute-batch"]
 LEASE_TTL = "15s"
+RUN_MARKER = "DATALAB_E2E_RUN"
 
 
 def say(msg: str) -> None:
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="datalab-e2e-"))
+    # Inherited by everything this run starts (PostgreSQL's backends included), so the
+    # teardown check knows this run's processes from other runs' of the same user.
+    os.environ[RUN_MARKER] = str(root)
     os.chmod(root, 0o755)
     user = ensure_user(RUN_AS)
     home = root / "home"
@@ -170,14 +174,28 @@ def main(argv: list[str] | None = None) -> int:
             left = leftover_processes(root)
             if left:  # overrides the result: a run that leaks processes has not passed
                 raise SystemExit(f"[e2e] teardown left processes running: {left}")
-            say("teardown: no process left (no task as the datalab user, nothing under the run's directory)")
+            say("teardown: no process of this run left (none marked by it, under its directory or from its virtualenv)")
 
 
 def leftover_processes(root: Path) -> list[str]:
+    """This run's processes still alive: named by its directory or deploy virtualenv on their
+    command line, or carrying its marker. Another run's (a test platform's PostgreSQL, also
+    as the `datalab` user) is not this run's leak."""
     left = []
+    venv = str(REPO / ".tools" / "deploy-venv")
     for proc in psutil.process_iter(["pid", "username", "cmdline"]):
+        if proc.info["pid"] == os.getpid():
+            continue
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["pid"] != os.getpid() and (proc.info["username"] == RUN_AS or str(root) in cmdline):
+        mine = str(root) in cmdline or venv in cmdline
+        if not mine and proc.info["username"] == RUN_AS:
+            try:
+                mine = proc.environ().get(RUN_MARKER) == str(root)
+            except psutil.AccessDenied:
+                mine = True  # cannot tell: count it
+            except psutil.NoSuchProcess:
+                continue
+        if mine:
             left.append(f"{proc.info['pid']} {cmdline[:80]}")
     return left
 
