@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test lint e2e bench hashistack clean
+.PHONY: install up test cleanroom lint e2e bench hashistack clean
 
 install: $(SYNCED)
 
@@ -27,6 +27,12 @@ up: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# `make test` as the README promises it, on a fresh minimal Debian (python3, git, make
+# only), in a chroot: a tool the project uses without installing it fails there. Root;
+# the root file system is cached in ~/.cache/datalab (scripts/cleanroom).
+cleanroom:
+	scripts/cleanroom
 
 # Static checks of what needs VMs or Docker to run (Vagrantfile, scripts, Dockerfile).
 lint: install

@@ -301,15 +301,6 @@ job "compute" {
         data        = "{{ with secret \"kv/data/datalab/redis/compute\" }}{{ .Data.data | toJSON }}{{ end }}"
       }
 
-      template {
-        destination = "secrets/service_api_key"
-        change_mode = "restart"
-        perms       = "0400"
-        uid         = var.run_as_uid
-        gid         = var.run_as_gid
-        data        = "{{ with secret \"kv/data/datalab/platform\" }}{{ .Data.data.service_api_key }}{{ end }}"
-      }
-
       resources {
         cpu    = local.resources.cpu
         memory = local.resources.memory

@@ -166,6 +166,9 @@ job "gateway" {
         "traefik.enable=true",
         "traefik.http.routers.gateway.rule=PathPrefix(`/api/v1/auth`)",
         "traefik.http.routers.gateway.middlewares=retry@file",
+        # forwardAuth's hop (traefik job): only on Traefik's loopback `auth` entrypoint.
+        "traefik.http.routers.gateway-auth.rule=Path(`/internal/auth/verify`)",
+        "traefik.http.routers.gateway-auth.entrypoints=auth",
       ]
       # A canary gets no public traffic until promoted, except requests that ask for it
       # and those no stable instance is left to serve.
@@ -180,6 +183,9 @@ job "gateway" {
         "traefik.http.routers.gateway-canary-fallback.rule=PathPrefix(`/api/v1/auth`)",
         "traefik.http.routers.gateway-canary-fallback.priority=1",
         "traefik.http.routers.gateway-canary-fallback.middlewares=retry@file",
+        "traefik.http.routers.gateway-auth-canary-fallback.rule=Path(`/internal/auth/verify`)",
+        "traefik.http.routers.gateway-auth-canary-fallback.entrypoints=auth",
+        "traefik.http.routers.gateway-auth-canary-fallback.priority=1",
       ]
 
       check {
@@ -259,6 +265,19 @@ job "gateway" {
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level
+
+        # Traefik's addresses from Consul (template below), re-read by the app.
+        DATALAB_TRUSTED_PROXIES_FILE = "${NOMAD_TASK_DIR}/trusted_proxies"
+      }
+
+      # Traefik's addresses (a system job: every client's), whose X-Forwarded-For the
+      # gateway believes (the real client for rate limits and the audit trail) and the only
+      # peers forwardAuth answers, besides loopback (DATALAB_TRUSTED_PROXIES' default). The
+      # app re-reads the file: a Traefik node that joins costs no restart.
+      template {
+        destination = "local/trusted_proxies"
+        change_mode = "noop"
+        data        = "{{ range service \"traefik|any\" }}{{ .Address }},{{ end }}"
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

@@ -89,7 +89,16 @@ locals {
   http_port  = lookup(var.ports, "traefik_http", 8080)
   https_port = lookup(var.ports, "traefik_https", 8443)
   ping_port  = lookup(var.ports, "traefik_ping", 8082)
-  resources  = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
+  auth_port  = lookup(var.ports, "traefik_auth", 8083)
+  # Clusters (Vagrant, production: the Docker driver) serve HTTPS on websecure and only
+  # redirect plain HTTP to it (forwardAuth has its own loopback `auth` entrypoint, so the
+  # redirect never reaches it). One machine (raw_exec: make e2e) is plain HTTP on web, as
+  # the embedded platform.
+  https_edge = var.driver == "docker"
+  # The static config's line that differs between the two (YAML flow style).
+  redirect  = "http: { redirections: { entryPoint: { to: websecure, scheme: https, permanent: true } } }"
+  web_role  = local.https_edge ? local.redirect : "asDefault: true"
+  resources = lookup(var.resources, "traefik", { cpu = 300, memory = 256 })
 }
 
 job "traefik" {
@@ -168,10 +177,13 @@ job "traefik" {
       }
 
       # Static configuration: entrypoints, the Consul Catalog provider, the file provider.
+      # Entrypoint timeouts never 0 (a slowloris held a connection forever); the values and
+      # why: config/traefik/traefik.yml.
       # In secrets/ (owned by the task's user), as it carries the task's Consul token.
-      # Routers from Consul tags name no entrypoint: they join the asDefault ones (web,
-      # websecure), never `ping`. websecure terminates TLS (Traefik's default certificate
-      # until a certificate resolver or a file-provider certificate is configured).
+      # Routers from Consul tags name no entrypoint: they join the asDefault ones (websecure,
+      # and web unless it redirects: see https_edge), never `ping`. websecure terminates TLS
+      # (Traefik's default certificate until a certificate resolver or a file-provider
+      # certificate is configured).
       template {
         destination = "secrets/traefik.yml"
         change_mode = "restart"
@@ -182,14 +194,29 @@ job "traefik" {
           entryPoints:
             web:
               address: ":${local.http_port}"
-              asDefault: true
+              ${local.web_role}
+              transport: &timeouts
+                respondingTimeouts:
+                  readTimeout: 10m
+                  writeTimeout: 15m
+                  idleTimeout: 90s
             websecure:
               address: ":${local.https_port}"
               asDefault: true
               http:
                 tls: {}
+              transport: *timeouts
             ping:
               address: ":${local.ping_port}"
+              transport: *timeouts
+            # forwardAuth's own hop to a gateway (its router is tagged entrypoints=auth):
+            # loopback only, and it keeps the X-Forwarded-For forwardAuth set, the real
+            # client's, which the gateway believes from Traefik's address alone.
+            auth:
+              address: "127.0.0.1:${local.auth_port}"
+              forwardedHeaders:
+                trustedIPs: ["127.0.0.1/32"]
+              transport: *timeouts
           ping:
             entryPoint: ping
           providers:
@@ -215,8 +242,9 @@ job "traefik" {
         EOT
       }
 
-      # The shared middlewares, declared once. forwardAuth goes through Traefik itself to a
-      # passing gateway instance (its route is public), so any gateway may answer.
+      # The shared middlewares, declared once. forwardAuth goes through Traefik's loopback
+      # `auth` entrypoint to a passing gateway instance (so any gateway may answer); no
+      # public router leads to /internal/, and the token it mints goes upstream only.
       template {
         destination = "local/dynamic.yml"
         change_mode = "noop" # Traefik watches the file
@@ -225,7 +253,7 @@ job "traefik" {
             middlewares:
               auth:
                 forwardAuth:
-                  address: "http://127.0.0.1:${local.http_port}/api/v1/auth/verify"
+                  address: "http://127.0.0.1:${local.auth_port}/internal/auth/verify"
                   authResponseHeaders: ["X-User-Id", "X-User-Name", "Authorization"]
                   trustForwardHeader: false
                   maxResponseBodySize: 65536

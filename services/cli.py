@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -38,15 +39,26 @@ def serve(name: str) -> None:
 
 def up() -> int:
     """`make up`: the embedded platform in the foreground until Ctrl-C / SIGTERM."""
-    from datalab.devstack.platform import Platform, PlatformConfig
+    from datalab.devstack.platform import Platform, PlatformConfig, ServerError
 
     config = PlatformConfig.from_env()
     platform = Platform(config)
+    stopping = False
 
+    # The first Ctrl-C / SIGTERM / SIGHUP stops in order; one during the stop (a double
+    # Ctrl-C) never interrupts it (a KeyboardInterrupt there once orphaned every server),
+    # it hurries it: what is left is SIGKILLed and the stop goes on reaping.
     def on_signal(signum, _frame):
-        raise KeyboardInterrupt
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+        # os.write: print() is not reentrant, and the stop prints.
+        os.write(sys.stdout.fileno(), f"DataLab: {signal.Signals(signum).name} again: killing what is left\n".encode())
+        platform.kill()
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     print(f"DataLab: starting in {config.home} ...", flush=True)
     try:
         platform.start()
@@ -73,7 +85,11 @@ def up() -> int:
     except KeyboardInterrupt:
         print("\nDataLab: stopping ...", flush=True)
         return 0
+    except ServerError as exc:
+        print(f"DataLab: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
+        stopping = True
         platform.stop()
         print("DataLab: stopped.", flush=True)
 

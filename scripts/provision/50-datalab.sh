@@ -22,10 +22,72 @@ readonly RUNTIME_FILES=(pyproject.toml uv.lock README.md services config jobs)
 ensure_dir /opt/datalab 0755 root:root
 ensure_dir "$SRC" 0755 root:root
 
+# A mirror of RUNTIME_FILES in $SRC: changed files replaced atomically, stale ones deleted,
+# unchanged ones untouched (mtime kept), build output (skip) neither copied nor deleted;
+# dirs 0755, files 0644, owned by whoever runs this (root on a VM). In Python, which every
+# node has (10-base) and a fresh test machine too; not rsync, which a fresh machine lacks
+# (the clean-room tier, scripts/cleanroom, runs `make test` on one).
 sync_source() {
   local changes
-  changes="$(cd "$REPO" && rsync -a --no-owner --no-group --checksum --delete --itemize-changes --chmod=Du=rwx,Dgo=rx,Fu=rw,Fgo=r \
-    --exclude='__pycache__/' --exclude='*.egg-info/' --exclude='/build/' "${RUNTIME_FILES[@]}" "$(p "$SRC")/")"
+  changes="$(python3 - "$REPO" "$(p "$SRC")" "${RUNTIME_FILES[@]}" <<'PY'
+import filecmp, os, shutil, stat, sys
+from pathlib import Path
+
+repo, dest, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+skip = lambda p: p.name == "__pycache__" or p.name.endswith(".egg-info") or p == repo / "build"
+
+def want(src: Path, rel: Path, out: dict) -> None:  # rel path -> source, every path kept
+    if skip(src):
+        return
+    out[rel] = src
+    if src.is_dir() and not src.is_symlink():
+        for child in sorted(src.iterdir()):
+            want(child, rel / child.name, out)
+
+def same(src: Path, dst: Path, mode: int) -> bool:
+    if src.is_symlink() or dst.is_symlink():
+        return src.is_symlink() and dst.is_symlink() and os.readlink(src) == os.readlink(dst)
+    st = dst.lstat()
+    return stat.S_IMODE(st.st_mode) == mode and filecmp.cmp(src, dst, shallow=False)
+
+wanted = {}
+for name in names:
+    want(repo / name, Path(name), wanted)
+changes = []
+for rel, src in wanted.items():  # parents before children
+    dst = dest / rel
+    if src.is_dir() and not src.is_symlink():
+        if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+            dst.unlink()
+        if not dst.is_dir():
+            dst.mkdir()
+            changes.append(f"+dir {rel}")
+        if stat.S_IMODE(dst.stat().st_mode) != 0o755:
+            dst.chmod(0o755)
+            changes.append(f"mode {rel}")
+        continue
+    if dst.exists() or dst.is_symlink():
+        if not dst.is_dir() and same(src, dst, 0o644):
+            continue
+        shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
+    tmp = dst.with_name(f".sync.{dst.name}")
+    if src.is_symlink():
+        os.symlink(os.readlink(src), tmp)
+    else:
+        shutil.copyfile(src, tmp)
+        tmp.chmod(0o644)
+    os.replace(tmp, dst)
+    changes.append(f"file {rel}")
+for top in names:  # what the repo no longer has; what skip() names stays (build output)
+    for base, dirs, files in os.walk(dest / top, topdown=False):
+        for path in (Path(base) / n for n in files + dirs):
+            rel = path.relative_to(dest)
+            if rel not in wanted and not any(skip(repo / q) for q in (rel, *rel.parents)):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                changes.append(f"-del {rel}")
+print("\n".join(changes))
+PY
+)"
   if [[ -n $changes ]]; then say "changed $SRC ($(wc -l <<<"$changes") paths)"; else say "unchanged $SRC"; fi
 }
 sync_source # a local copy under PROVISION_ROOT: done for real in dry-run too

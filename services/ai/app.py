@@ -84,6 +84,7 @@ class TrainResult(BaseModel):
     n_test: int | None = None
     classes: list[Any] | None = None
     device: str | None = None
+    job_id: str | None = Field(default=None, max_length=64)  # the reporting job: must be the model's
 
 
 class ModelOut(BaseModel):
@@ -127,7 +128,7 @@ def _out(row: Model) -> ModelOut:
 
 
 def _artifact(request: Request, model_id: str) -> Path:
-    return request.app.state.models_dir / f"{model_id}.joblib"
+    return training.artifact_path(request.app.state.models_dir, model_id)
 
 
 @contextmanager
@@ -282,6 +283,8 @@ async def report_result(request: Request, model_id: str, body: TrainResult, _: A
         if _is_uuid(model_id):  # deleted while training: drop what the worker wrote
             _artifact(request, model_id).unlink(missing_ok=True)
         raise Problem(404, f"No model {model_id!r}.")
+    if body.job_id and row.job_id and body.job_id != row.job_id:
+        raise Problem(409, f"Model {model_id} awaits the result of another job.")
     if row.status == body.status:
         return _out(row)  # a retried PUT: already recorded
     if row.status != "training":
@@ -290,7 +293,7 @@ async def report_result(request: Request, model_id: str, body: TrainResult, _: A
     if body.status == "ready":
         path = _artifact(request, model_id)
         try:
-            model = await asyncio.to_thread(training.load, path)
+            model = await asyncio.to_thread(training.load, path, root=state.models_dir)
         except FileNotFoundError:
             raise Problem(422, f"No artifact at models/{path.name}: write it with training.save first.") from None
         except Exception as exc:

@@ -34,6 +34,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -408,9 +409,34 @@ def _fit_on(device: str, estimator, X: np.ndarray, y: np.ndarray,
 
 # -- artifacts -----------------------------------------------------------------------------
 
-def save(model: TrainedModel, path: Path | str) -> None:
-    """Write atomically: a temp file in the same directory, fsync, then os.replace."""
-    path = Path(path)
+# What the ai service gives a model: str(uuid.uuid4()). Nothing else names an artifact.
+MODEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class ArtifactPathError(ValueError):
+    """A model id that is not one, or an artifact path outside the models directory."""
+
+
+def artifact_path(models_dir: Path | str, model_id: str) -> Path:
+    """Where model `model_id`'s artifact lives: models_dir/{id}.joblib, resolved."""
+    if not isinstance(model_id, str) or not MODEL_ID.fullmatch(model_id):
+        raise ArtifactPathError(f"Not a model id: {str(model_id)[:80]!r}.")
+    return _inside(Path(models_dir) / f"{model_id}.joblib", models_dir)
+
+
+def _inside(path: Path | str, root: Path | str) -> Path:
+    """`path` resolved (symlinks and `..` followed); ArtifactPathError unless under `root`."""
+    base = Path(root).resolve()
+    resolved = Path(path).resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise ArtifactPathError(f"{Path(path).name!r} is not inside the models directory.")
+    return resolved
+
+
+def save(model: TrainedModel, path: Path | str, *, root: Path | str | None = None) -> None:
+    """Write atomically: a temp file in the same directory, fsync, then os.replace. With
+    `root` (the models directory), a path that resolves outside it is refused."""
+    path = _inside(path, root) if root is not None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -424,7 +450,10 @@ def save(model: TrainedModel, path: Path | str) -> None:
         raise
 
 
-def load(path: Path | str) -> TrainedModel:
+def load(path: Path | str, *, root: Path | str | None = None) -> TrainedModel:
+    """Load an artifact (with `root`, only from inside it: joblib runs pickles)."""
+    if root is not None:
+        path = _inside(path, root)
     model = joblib.load(path)
     if not isinstance(model, TrainedModel):
         raise TypeError(f"{path} holds a {type(model).__name__}, not a TrainedModel")

@@ -3,21 +3,31 @@
 Submission checks everything a worker would trip on later (job type, params, access to the
 dataset, dependencies) and answers 202 with the job's id; workers do the work. Status,
 progress, result or a readable error, cancel, and a list with filters complete the API.
+
+A train_model job names a model the ai service created for the caller and that awaits its
+first job (ai submits it; a foreign or unknown model is a 404, a trained one a 409). Users
+(not admins) have quotas: params of at most max_params_bytes, max_active_jobs queued or
+running (429 with Retry-After), and bounds on how long one job may hold a worker, so one
+user's long job cannot keep everyone else waiting: a per-queue timeout ceiling
+(user_max_timeout), `default` stays the short lane (heavy job types cannot be moved onto
+it), and a user's sleep lasts at most user_max_sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, FastAPI, Query as QueryParam, Request, Response
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from datalab.core.app import ServiceSpec, create_app
+from datalab.core.audit import audit
 from datalab.core.auth import CurrentUser, Principal, bearer_token
 from datalab.core.cache import create_sync_redis
 from datalab.core.client import ServiceUnavailable
@@ -26,7 +36,7 @@ from datalab.core.secrets import SecretStore
 from datalab.core.settings import BaseServiceSettings
 
 from . import queue as rqq
-from .jobs import JOB_TYPES, DatasetParams
+from .jobs import JOB_TYPES, DatasetParams, SleepParams, TrainModelParams
 
 log = logging.getLogger("datalab.compute")
 QUEUE_LENGTH = Gauge("datalab_compute_queue_length", "Jobs waiting in a queue", ["queue"])
@@ -39,19 +49,31 @@ class ComputeSettings(BaseServiceSettings):
     port: int = 8003
     reap_interval: float = 5.0  # seconds between checks for jobs whose worker died
     max_job_timeout: int = 6 * 3600
+    # Quotas for non-admin users. Params live in Redis as long as the job (7 days).
+    max_params_bytes: int = 64 * 1024  # a job's params, serialized as JSON
+    max_active_jobs: int = 10  # a user's queued + deferred + scheduled + started jobs
+    active_retry_after: int = 15  # seconds, the Retry-After of a 429 at that limit
+    # The longest a user's job may run, per queue: a worker busy with one user's job is
+    # busy for everyone, and default-queue jobs are meant to be short.
+    user_max_timeout: dict[str, int] = {"default": 600, "heavy": 3600}
+    user_max_sleep: float = 60.0  # seconds: `sleep` is for tests, not for holding a worker
     # With a Nomad address, jobs bound for these queues run as dispatched `compute-batch`
     # allocations instead of on the long-running workers.
     nomad_addr: str | None = None
     nomad_dispatch_queues: list[str] = ["heavy"]
 
 
+JobId = Annotated[str, StringConstraints(pattern=f"^{rqq.JOB_ID.pattern}$")]  # checked before Redis sees it
+JOB_STATUSES = Literal["queued", "deferred", "scheduled", "started", "finished", "failed", "stopped", "canceled"]
+
+
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: str
+    type: str = Field(max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
-    dataset_id: str | None = None  # shorthand for params.dataset_id
+    dataset_id: str | None = Field(None, max_length=64)  # shorthand for params.dataset_id
     queue: Literal["default", "heavy"] | None = None
-    depends_on: list[str] = Field(default_factory=list, max_length=20)
+    depends_on: list[JobId] = Field(default_factory=list, max_length=20)
     retries: int | None = Field(None, ge=0, le=5)
     timeout: int | None = Field(None, ge=1)
 
@@ -68,10 +90,30 @@ def _visible(job, principal: Principal) -> bool:
 
 
 async def _job_or_404(request: Request, job_id: str, principal: Principal):
+    """The job if the caller may see it; 404 otherwise (others' jobs do not exist)."""
+    if not rqq.JOB_ID.fullmatch(job_id):
+        raise Problem(404, "No such job.")
     job = await asyncio.to_thread(rqq.fetch, _conn(request), job_id)
+    if job is not None and not _visible(job, principal):
+        audit("job.access", "denied", actor=principal.user_id, object=job_id, request=request)
     if job is None or not _visible(job, principal):
         raise Problem(404, f"No job {job_id!r}.")
     return job
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a string anywhere in a JSON value holds NUL (walked without recursion)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 @router.get("/job-types")
@@ -85,9 +127,21 @@ async def job_types(_: CurrentUser) -> list[dict]:
 
 @router.post("/jobs", status_code=202)
 async def submit(request: Request, body: JobSubmit, principal: CurrentUser, response: Response) -> dict:
+    settings: ComputeSettings = request.app.state.settings
     spec = JOB_TYPES.get(body.type)
     if spec is None:
-        raise Problem(422, f"Unknown job type {body.type!r}.", known=sorted(JOB_TYPES))
+        raise Problem(422, f"Unknown job type {body.type[:64]!r}.", known=sorted(JOB_TYPES))
+    try:
+        # allow_nan=False: Python's parser reads NaN and 1e400, a JSON response cannot hold them.
+        size = len(json.dumps(body.params, separators=(",", ":"), allow_nan=False).encode())
+    except RecursionError:
+        raise Problem(422, "The job's params nest too deeply.") from None
+    except ValueError:
+        raise Problem(422, "The job's params may not hold NaN or infinite numbers.") from None
+    if size > settings.max_params_bytes:
+        raise Problem(413, f"The job's params may take at most {settings.max_params_bytes} bytes as JSON.")
+    if _has_nul(body.params) or _has_nul(body.dataset_id):
+        raise Problem(422, "Strings in a job's params may not contain NUL characters.")
     params = dict(body.params)
     if body.dataset_id is not None:
         params.setdefault("dataset_id", body.dataset_id)
@@ -96,25 +150,90 @@ async def submit(request: Request, body: JobSubmit, principal: CurrentUser, resp
     except ValidationError as exc:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise Problem(422, f"Invalid params for job type {body.type!r}.", errors=errors) from None
-    if body.timeout and body.timeout > request.app.state.settings.max_job_timeout:
-        raise Problem(422, f"timeout may not exceed {request.app.state.settings.max_job_timeout} s.")
+    queue_name = body.queue or spec.queue
+    if not principal.is_admin and queue_name == "default" and spec.queue != "default":
+        raise Problem(422, f"{spec.name} jobs run on the {spec.queue} queue; `default` is for short jobs.")
+    timeout = _timeout(settings, principal, spec, queue_name, body.timeout)
+    if isinstance(validated, SleepParams):
+        if not principal.is_admin and validated.seconds > settings.user_max_sleep:
+            raise Problem(422, f"A sleep may last at most {settings.user_max_sleep:g} s.")
+        if validated.seconds >= timeout:
+            raise Problem(422, f"A sleep must end within the job's timeout ({timeout} s).")
     if isinstance(validated, DatasetParams):
         await _check_dataset(request, validated.dataset_id)
+    if isinstance(validated, TrainModelParams):
+        await _check_model(request, validated, principal)
     for dep in body.depends_on:
         await _job_or_404(request, dep, principal)
 
     submission = rqq.Submission(
         job_type=body.type, params=validated.model_dump(mode="json"), owner_id=principal.user_id,
-        queue=body.queue, depends_on=tuple(body.depends_on), retries=body.retries, timeout=body.timeout,
+        queue=body.queue, depends_on=tuple(body.depends_on), retries=body.retries, timeout=timeout,
     )
     dispatcher = request.app.state.dispatcher
-    settings: ComputeSettings = request.app.state.settings
-    if request.app.state.nomad_dispatcher and (body.queue or spec.queue) in settings.nomad_dispatch_queues:
+    if request.app.state.nomad_dispatcher and queue_name in settings.nomad_dispatch_queues:
         dispatcher = request.app.state.nomad_dispatcher
-    job = await asyncio.to_thread(dispatcher.submit, _conn(request), submission)
+    job = await asyncio.to_thread(_submit_within_quota, request, principal, dispatcher, submission)
     SUBMITTED.labels(body.type).inc()
     response.headers["Location"] = f"/api/v1/compute/jobs/{job.id}"
     return rqq.view(job)
+
+
+def _timeout(settings: ComputeSettings, principal: Principal, spec, queue_name: str, asked: int | None) -> int:
+    """The job's timeout. A user's is at most the queue's limit for users (a type's longer
+    default is cut to it; asking for more is a 422); an admin's at most max_job_timeout."""
+    limit = settings.max_job_timeout
+    if not principal.is_admin:
+        limit = min(limit, settings.user_max_timeout.get(queue_name, limit))
+    if asked is not None and asked > limit:
+        raise Problem(422, f"timeout may not exceed {limit} s on the {queue_name} queue.")
+    return min(asked or spec.timeout, limit)
+
+
+def _submit_within_quota(request: Request, principal: Principal, dispatcher, submission: rqq.Submission):
+    """Submit unless the user already has max_active_jobs queued or running. Admins are not
+    counted. One submission per user at a time, so two at once cannot both slip past it."""
+    settings: ComputeSettings = request.app.state.settings
+    conn = _conn(request)
+    if principal.is_admin:
+        return dispatcher.submit(conn, submission)
+    with conn.lock(f"dl:compute:submit-lock:{principal.user_id}", timeout=30, blocking_timeout=10):
+        if rqq.count_active(conn, principal.user_id) >= settings.max_active_jobs:
+            raise Problem(
+                429, f"You have {settings.max_active_jobs} jobs queued or running, the most allowed; "
+                "submit more when some have ended.",
+                headers={"Retry-After": str(settings.active_retry_after)},
+            )
+        return dispatcher.submit(conn, submission)
+
+
+async def _check_model(request: Request, p: TrainModelParams, principal: Principal) -> None:
+    """A train_model job writes models/{model_id}.joblib and reports to ai as the platform,
+    so the model must be one the ai service created for this caller, still awaiting its
+    first job, and the job must train what the model records. Only ai submits such jobs."""
+    try:
+        resp = await request.app.state.services.request(
+            "ai", "GET", f"/api/v1/ai/models/{p.model_id}", token=bearer_token(request)
+        )
+    except ServiceUnavailable:
+        raise Problem(503, "The ai service is not answering; try again shortly.") from None
+    if resp.status == 404:  # not the caller's, or no model at all: the same answer
+        audit("model.access", "denied", actor=principal.user_id, object=p.model_id, request=request)
+        raise Problem(404, f"No model {p.model_id!r}.")
+    if resp.status != 200:
+        raise Problem(502, f"The ai service answered {resp.status}.")
+    row = resp.json()
+    if row.get("status") != "training" or row.get("job_id"):
+        raise Problem(409, f"Model {p.model_id} is not awaiting training.", model_status=row.get("status"))
+    recorded = (row.get("dataset_id"), row.get("target"), row.get("features"), row.get("kind"), row.get("params") or {})
+    if recorded != (p.dataset_id, p.target, p.features, p.kind, p.params):
+        raise Problem(422, f"The job must train model {p.model_id} as the ai service recorded it.")
+    # One job per model: the first submission claims it (ai sets job_id only afterwards).
+    claimed = await asyncio.to_thread(
+        _conn(request).set, f"dl:compute:train-claim:{p.model_id}", principal.user_id, nx=True, ex=rqq.RESULT_TTL
+    )
+    if not claimed:
+        raise Problem(409, f"Model {p.model_id} already has a training job.")
 
 
 async def _check_dataset(request: Request, dataset_id: str) -> None:
@@ -151,10 +270,10 @@ async def cancel_job(request: Request, job_id: str, principal: CurrentUser) -> d
 async def list_jobs(
     request: Request,
     principal: CurrentUser,
-    status: str | None = None,
-    type: str | None = None,  # noqa: A002 - the API's field name
+    status: JOB_STATUSES | None = None,
+    type: Annotated[str | None, QueryParam(pattern=r"^[a-z_]{1,64}$")] = None,  # noqa: A002 - the API's field name
     limit: Annotated[int, QueryParam(ge=1, le=200)] = 50,
-    offset: Annotated[int, QueryParam(ge=0)] = 0,
+    offset: Annotated[int, QueryParam(ge=0, le=1_000_000)] = 0,
 ) -> dict:
     index = rqq.INDEX_ALL if principal.is_admin else rqq.index_key(principal.user_id)
 

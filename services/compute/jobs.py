@@ -29,10 +29,18 @@ class JobContext(Protocol):
     @property
     def device(self) -> str: ...  # "cpu" | "cuda", chosen by settings (DATALAB_DEVICE)
 
+    @property
+    def job_id(self) -> str | None: ...  # the RQ job running now
+
 
 class JobError(Exception):
     """A job that cannot do what it was asked; its message is what the user reads. It is
     not retried: the same input fails the same way (retries are for crashes and outages)."""
+
+
+# Datasets and models are named by the ids their services give them (uuid4): a worker
+# puts them in URLs it calls as the platform, and in artifact paths.
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 class Params(BaseModel):
@@ -48,7 +56,7 @@ class SleepParams(Params):
 
 
 class DatasetParams(Params):
-    dataset_id: str
+    dataset_id: str = Field(pattern=UUID_PATTERN)
 
 
 class CorrelationParams(DatasetParams):
@@ -68,7 +76,9 @@ class MonteCarloParams(Params):
 
 
 class TrainModelParams(DatasetParams):
-    model_id: str
+    """Submitted by the ai service for a model row it created (compute checks that)."""
+
+    model_id: str = Field(pattern=UUID_PATTERN)
     target: str
     features: list[str] = Field(min_length=1)
     kind: Literal["linear", "logistic", "random_forest", "gradient_boosting"]
@@ -152,7 +162,16 @@ def train_model(p: TrainModelParams, ctx: JobContext) -> dict:
     except training.TrainingError as exc:
         raise JobError(str(exc)) from None
     ctx.progress(0.8, "trained")
-    training.save(model, ctx.models_dir / f"{p.model_id}.joblib")
+    # The API checked the model was this submitter's and awaiting training; check again
+    # just before replacing an artifact (it may have been deleted, or trained, meanwhile).
+    current = ctx.call_service("ai", "GET", f"/api/v1/ai/models/{p.model_id}")
+    if current.get("status") != "training" or current.get("job_id") not in (None, ctx.job_id):
+        raise JobError(f"model {p.model_id} is no longer awaiting this training")
+    try:
+        path = training.artifact_path(ctx.models_dir, p.model_id)
+    except training.ArtifactPathError as exc:
+        raise JobError(str(exc)) from None
+    training.save(model, path, root=ctx.models_dir)
     outcome = {
         "status": "ready",
         "metrics": model.metrics,
@@ -160,6 +179,7 @@ def train_model(p: TrainModelParams, ctx: JobContext) -> dict:
         "n_test": model.n_test,
         "classes": model.classes,
         "device": model.device,
+        "job_id": ctx.job_id,
     }
     ctx.call_service("ai", "PUT", f"/api/v1/ai/models/{p.model_id}/result", outcome)
     return {"model_id": p.model_id, "metrics": model.metrics}

@@ -6,6 +6,7 @@ RQ's client is synchronous; the API calls these functions with `asyncio.to_threa
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -13,28 +14,86 @@ from typing import Any, Protocol
 import redis
 from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
+from datalab.core.audit import audit
+
 from .jobs import JOB_TYPES
-from .tasks import error_text, execute, on_failure
+from .tasks import JobRefused, error_text, execute, on_failure
 
 QUEUES = ("default", "heavy", "nomad")  # "nomad": run by dispatched compute-batch allocations
 RESULT_TTL = 7 * 24 * 3600
 FAILURE_TTL = 7 * 24 * 3600
 RETRY_INTERVALS = [2, 10, 30]  # seconds: backoff between attempts
 INDEX_ALL = "dl:compute:jobs"
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # RQ's ids are uuid4; nothing else is looked up
+ACTIVE = frozenset({"queued", "deferred", "scheduled", "started"})  # counted against a user's quota
+EXECUTE = f"{execute.__module__}.{execute.__qualname__}"
+ON_FAILURE = f"{on_failure.__module__}.{on_failure.__qualname__}"
 
 
 def index_key(owner_id: str) -> str:
     return f"dl:compute:jobs:{owner_id}"
 
 
+def active_key(owner_id: str) -> str:
+    return f"dl:compute:active:{owner_id}"
+
+
+class PlatformJob(Job):
+    """An RQ job that runs only the platform's entry point with a registered job type.
+
+    RQ imports whatever callable a job names (`job.func`, its callbacks) when it runs it, so
+    anyone who can write to Redis could name `os.system`. This class decides from the names
+    alone, before any import: `execute` with a job type in JOB_TYPES runs; anything else
+    fails with JobRefused. Callbacks are the platform's own or none, webhooks none."""
+
+    def refusal(self) -> str | None:
+        try:
+            func, instance, args, kwargs = self.func_name, self.instance, self.args, self.kwargs
+        except DeserializationError:
+            return "its data cannot be read"
+        if func != EXECUTE or instance is not None or args:
+            return f"it names {str(func)[:200]!r}, not {EXECUTE}"
+        if not isinstance(kwargs, dict) or set(kwargs) != {"job_type", "params"}:
+            return "its arguments are not (job_type, params)"
+        job_type = kwargs["job_type"]
+        if not isinstance(job_type, str) or job_type not in JOB_TYPES or not isinstance(kwargs["params"], dict):
+            return f"{str(job_type)[:100]!r} is not a job type"
+        names = (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name)
+        if names[0] or names[2] or names[1] not in (None, ON_FAILURE):
+            return "it names callbacks that are not the platform's"
+        return None
+
+    @property
+    def func(self):
+        if (reason := self.refusal()) is not None:
+            audit("job.run", "denied", actor=None, object=self.id, reason=reason)
+            raise JobRefused(f"Not a DataLab job: {reason}.")
+        return execute
+
+    @property
+    def success_callback(self):
+        return None
+
+    @property
+    def failure_callback(self):
+        return on_failure if self._failure_callback_name == ON_FAILURE else None
+
+    @property
+    def stopped_callback(self):
+        return None
+
+    def send_webhooks(self, status, *, exc_string=None) -> None:
+        """The platform sets none; one written into Redis is not sent (no requests on its behalf)."""
+
+
 def queue(connection: redis.Redis, name: str) -> Queue:
-    return Queue(name, connection=connection, serializer=JSONSerializer)
+    return Queue(name, connection=connection, serializer=JSONSerializer, job_class=PlatformJob)
 
 
 @dataclass(frozen=True)
@@ -75,13 +134,30 @@ class RQDispatcher:
         with connection.pipeline() as pipe:
             pipe.zadd(index_key(s.owner_id), {job.id: now})
             pipe.zadd(INDEX_ALL, {job.id: now})
+            pipe.sadd(active_key(s.owner_id), job.id)
+            pipe.expire(active_key(s.owner_id), RESULT_TTL)
             pipe.execute()
         return job
 
 
+def count_active(connection: redis.Redis, owner_id: str) -> int:
+    """How many of the owner's jobs are queued, deferred, scheduled or started. The set
+    holds ids since submission; the ones that ended (or expired) are dropped here."""
+    key = active_key(owner_id)
+    ids = [i.decode() for i in connection.smembers(key)]
+    with connection.pipeline() as pipe:
+        for job_id in ids:
+            pipe.hget(PlatformJob.key_for(job_id), "status")
+        statuses = pipe.execute()
+    ended = [i for i, st in zip(ids, statuses, strict=True) if st is None or st.decode() not in ACTIVE]
+    if ended:
+        connection.srem(key, *ended)
+    return len(ids) - len(ended)
+
+
 def fetch(connection: redis.Redis, job_id: str) -> Job | None:
     try:
-        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        return PlatformJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return None
 
@@ -144,7 +220,8 @@ def reap(connection: redis.Redis) -> int:
         # The reaper runs in a thread: RQ's default (SIGALRM) timeout for the failure
         # callback only works in a main thread.
         registry = StartedJobRegistry(
-            name, connection=connection, serializer=JSONSerializer, death_penalty_class=TimerDeathPenalty
+            name, connection=connection, serializer=JSONSerializer, death_penalty_class=TimerDeathPenalty,
+            job_class=PlatformJob,
         )
         expired = registry.get_expired_job_ids()
         if expired:

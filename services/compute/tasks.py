@@ -37,6 +37,11 @@ JOB_DURATION = Histogram(
 )
 
 
+class JobRefused(Exception):
+    """A queued job that is not one of the platform's (see queue.PlatformJob): it fails
+    without anything it names being imported or run."""
+
+
 class WorkerContext:
     """Per-process context; jobs reach it through `WorkerContext.current()`."""
 
@@ -60,6 +65,11 @@ class WorkerContext:
 
             self._device = training.select_device(getattr(self.settings, "device", "auto"))
         return self._device
+
+    @property
+    def job_id(self) -> str | None:
+        job = get_current_job()
+        return job.id if job is not None else None
 
     @classmethod
     def current(cls) -> WorkerContext:
@@ -133,6 +143,8 @@ def on_failure(job, connection, exc_type, exc_value, tb) -> None:
     """RQ failure callback: also runs when a job is found abandoned (its worker died)."""
     job_type = (job.meta or {}).get("type", "unknown")
     log.warning("job failed", extra={"job_id": job.id, "type": job_type, "error": str(exc_value)[:300]})
+    if isinstance(exc_value, JobRefused):
+        return  # not the platform's job: nothing of it is reported anywhere
     retrying = bool(job.retries_left)
     if job_type == "train_model" and not retrying:
         _report_training_failure(job, exc_value)
@@ -146,7 +158,7 @@ def _report_training_failure(job, exc_value) -> None:
     try:
         WorkerContext.current().call_service(
             "ai", "PUT", f"/api/v1/ai/models/{model_id}/result",
-            {"status": "failed", "error": error_text(exc_value) or "the training job failed"},
+            {"status": "failed", "error": error_text(exc_value) or "the training job failed", "job_id": job.id},
         )
     except Exception as exc:  # the job's own failure is already recorded; log and move on
         log.error("could not report a failed training", extra={"model_id": model_id, "error": str(exc)})

@@ -25,7 +25,7 @@ from datalab.core.logging import configure_logging
 from datalab.core.secrets import SecretStore
 from datalab.core.settings import BaseServiceSettings
 
-from .queue import queue
+from .queue import PlatformJob, queue
 from .tasks import JOB_DURATION, WorkerContext
 
 log = logging.getLogger("datalab.worker")
@@ -85,6 +85,7 @@ def run_worker(settings: WorkerSettings | None = None) -> None:
         [queue(connection, name) for name in settings.worker_queues],
         connection=connection,
         serializer=JSONSerializer,
+        job_class=PlatformJob,  # runs the platform's job types, nothing else a job names
         job_monitoring_interval=settings.job_monitoring_interval,
         maintenance_interval=settings.maintenance_interval,
         # An idle worker blocks in BLPOP for worker_ttl - 15 s between maintenance rounds;

@@ -17,12 +17,13 @@ from starlette.requests import Request
 audit_log = logging.getLogger("datalab.audit")
 
 Outcome = Literal["success", "failure", "denied"]
-_FORBIDDEN = {"password", "token", "key", "secret", "authorization", "access_token", "refresh_token"}
+_FORBIDDEN = {"password", "token", "key", "api_key", "secret", "authorization", "access_token", "refresh_token"}
 
 
 def client_ip(request: Request | None) -> str | None:
     """The client address the service saw. Services behind Traefik see Traefik's address
-    unless the app's proxy-header handling (trusted proxies only) rewrote the scope."""
+    unless the app's proxy-header handling rewrote the scope: the gateway's
+    TrustedProxyMiddleware does, believing X-Forwarded-For from trusted proxies only."""
     if request is None or request.client is None:
         return None
     return request.client.host

@@ -27,10 +27,14 @@ _SETS = ("+sadd", "+smembers")
 _SUBSCRIBER = ("+subscribe", "+unsubscribe", "+punsubscribe")
 # RQ issues dozens of commands over the data-type categories; its keyspace is `rq:*`. Never
 # the dangerous or admin ones (FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, CLIENT LIST/KILL...),
-# nor SCAN/RANDOMKEY (they list every service's key names), nor Lua (compute needs none).
+# nor SCAN/RANDOMKEY (they list every service's key names). Lua only as redis-py's Script
+# runs it (SCRIPT LOAD/EXISTS, EVALSHA; never EVAL, FUNCTION, SCRIPT FLUSH/KILL): RQ's
+# scheduler lock and redis-py's Lock (compute's per-user submit lock) are scripts. A script
+# runs with the caller's rights: it reaches no key the user could not.
 _RQ = ("+@read", "+@write", "+@keyspace", "+@list", "+@hash", "+@set", "+@sortedset", "+@string",
        "+@stream", "+@transaction", "+@pubsub", "-@dangerous", "-@admin", "-@scripting",
-       "-scan", "-randomkey")
+       "-scan", "-randomkey", "+evalsha", "+script|load", "+script|exists",
+       "+info")  # RQ reads the server version once per connection to pick its commands
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ class RedisUser:
 
 
 USERS: dict[str, RedisUser] = {u.name: u for u in (
-    # Rate-limit windows (INCR+EXPIRE in MULTI) and single-use refresh-token markers (SET NX EX).
-    RedisUser("gateway", keys=("dl:rl:*", "dl:refresh-used:*", "dl:gateway:*"),
+    # Rate-limit windows (INCR+EXPIRE in MULTI), single-use refresh-token markers (SET NX EX),
+    # the API-key cache with its revocations, and API keys' first-use markers.
+    RedisUser("gateway", keys=("dl:rl:*", "dl:refresh-used:*", "dl:apikey:*", "dl:apikey-used:*", "dl:gateway:*"),
               commands=(*_STRINGS, "+incrby")),  # redis-py's INCR is INCRBY
     # The query cache and its per-dataset index; announces deletions.
     RedisUser("data", keys=("dl:q:*", "dl:data:*"), channels=(events.DATASET_DELETED,),
@@ -60,12 +65,11 @@ USERS: dict[str, RedisUser] = {u.name: u for u in (
     # No keys at all: only the model-deletion feed between ai instances.
     RedisUser("ai", channels=(events.MODEL_DELETED,), commands=("+publish", *_SUBSCRIBER)),
     # The compute API: enqueue, fetch, cancel (publishes on the worker's rq:pubsub channel),
-    # reap. RQ reads the server version once per connection (INFO) to pick its commands.
-    RedisUser("compute", keys=("rq:*", "dl:compute:*"), channels=("rq:pubsub:*",), commands=(*_RQ, "+info")),
-    # RQ workers (and compute-batch allocations): the scheduler's lock is a Lua script (EVALSHA,
-    # SCRIPT LOAD/EXISTS; Lua runs with this user's rights); a worker names its connection.
+    # reap; its own dl:compute:* (job index, quotas, submit lock, training claims).
+    RedisUser("compute", keys=("rq:*", "dl:compute:*"), channels=("rq:pubsub:*",), commands=_RQ),
+    # RQ workers (and compute-batch allocations); a worker names its connection.
     RedisUser("worker", keys=("rq:*", "dl:compute:*"), channels=("rq:pubsub:*",),
-              commands=(*_RQ, "+info", "+evalsha", "+script|load", "+script|exists", "+client|setname")),
+              commands=(*_RQ, "+client|setname")),
     # Operators and the test harness only: no service is ever given this one.
     RedisUser("admin", keys=("*",), channels=("*",), commands=("+@all",)),
 )}

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import polars as pl
 from fastapi import APIRouter, FastAPI, Query as QueryParam, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -24,11 +23,13 @@ from sqlalchemy import func, select
 
 from datalab.core import db, events
 from datalab.core.app import ServiceSpec, create_app
+from datalab.core.audit import audit
 from datalab.core.auth import CurrentUser, Principal
 from datalab.core.errors import Problem
 from datalab.core.settings import BaseServiceSettings, ensure_dir
 
 from . import query as q
+from .ingest import MAX_NAME_CHARS, Limits, check_name, convert_isolated
 from .models import Base, Dataset
 from .upload import fsync_replace, receive_file
 
@@ -39,6 +40,22 @@ class DataSettings(BaseServiceSettings):
     service_name: str = "data"
     port: int = 8001
     max_upload_bytes: int = 512 * 1024 * 1024
+    upload_idle_timeout_seconds: float = 60.0  # a body that stops arriving this long: 408
+    # Caps on what an upload decodes to, checked before decoding (a compressed Parquet of
+    # constant values is tiny on the wire). They bound conversion, describe and queries: a
+    # sort over every cell peaks near 20 bytes a cell (measured: +380 MB at 20 M cells), so
+    # 10 M cells stay inside the job's 512 MB. Raise them with the job's memory.
+    max_dataset_rows: int = 5_000_000
+    max_dataset_columns: int = 1_000
+    max_dataset_cells: int = 10_000_000  # rows x columns
+    max_dataset_bytes: int = 256 * 2**20  # decoded (strings measured): what a query may hold
+    # The conversion runs in a child process limited to this much memory and time: values
+    # that decode far beyond their file (a repeated 10 MB string) are refused, not held.
+    decode_memory_bytes: int = 2**30
+    decode_timeout_seconds: float = 300.0
+    # Conversions, describes and queries decoding data at once; more wait their turn. Each
+    # may peak near the caps' memory, so this multiplies it.
+    max_parallel_scans: int = 2
     query_cache_ttl: int = 300
 
 
@@ -58,8 +75,20 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class DatasetSummary(BaseModel):
+    """A dataset in a list page: its column count, not its schema (GET one for that)."""
+
+    id: str
+    name: str
+    source_format: str
+    rows: int
+    column_count: int
+    size_bytes: int
+    created_at: datetime
+
+
 class DatasetPage(BaseModel):
-    items: list[DatasetOut]
+    items: list[DatasetSummary]
     total: int
     limit: int
     offset: int
@@ -67,6 +96,12 @@ class DatasetPage(BaseModel):
 
 router = APIRouter(prefix="/api/v1/data", tags=["data"])
 JSON = "application/json"
+
+
+async def scan(app: FastAPI, fn, *args):
+    """Run polars work `fn(*args)` off the event loop, at most max_parallel_scans at once."""
+    async with app.state.scan_slots:
+        return await asyncio.to_thread(fn, *args)
 
 
 def _datasets_dir(request: Request) -> Path:
@@ -88,7 +123,10 @@ async def _owned(request: Request, dataset_id: str, principal: Principal) -> Dat
     except ValueError:
         raise Problem(404, f"No dataset {dataset_id!r}.") from None
     ds = await db.read(request.app.state.sessions, lambda session: session.get(Dataset, dataset_id))
-    if ds is None or (ds.owner_id != principal.user_id and not principal.is_admin):
+    if ds is not None and ds.owner_id != principal.user_id and not principal.is_admin:
+        audit("dataset.access", "denied", actor=principal.user_id, object=dataset_id, request=request)
+        ds = None
+    if ds is None:
         raise Problem(404, f"No dataset {dataset_id!r}.")
     return ds
 
@@ -102,31 +140,9 @@ def _detect_format(filename: str, content_type: str) -> str:
         return "csv"
     raise Problem(
         415,
-        f"Unsupported file type (name {filename!r}, content type {ctype or 'none'}): send CSV or Parquet.",
+        f"Unsupported file type (name {filename[:100]!r}, content type {ctype[:100] or 'none'}): "
+        "send CSV or Parquet.",
     )
-
-
-def _convert(received: Path, fmt: str, target: Path) -> tuple[int, list[dict]]:
-    """Validate the upload and write it as Parquet to `target`; (rows, columns)."""
-    try:
-        if fmt == "csv":
-            pl.scan_csv(received, infer_schema_length=10_000, try_parse_dates=True).sink_parquet(target)
-        else:
-            pl.scan_parquet(received).sink_parquet(target)
-        lazy = pl.scan_parquet(target)
-        schema = lazy.collect_schema()
-        rows = int(lazy.select(pl.len()).collect().item())
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        target.unlink(missing_ok=True)
-        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise Problem(422, f"The {fmt.upper()} file could not be read: {first_line}") from None
-    if not schema:
-        target.unlink(missing_ok=True)
-        raise Problem(422, f"The {fmt.upper()} file has no columns.")
-    if len(set(schema)) != len(schema):
-        target.unlink(missing_ok=True)
-        raise Problem(422, "Column names must be unique.")
-    return rows, q.describe_schema(schema)
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetOut)
@@ -138,13 +154,23 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
     parquet_tmp = incoming / f"{dataset_id}.parquet"
     final = _file(request, dataset_id)
     try:
-        received = await receive_file(request, received_path, settings.max_upload_bytes)
+        received = await receive_file(
+            request, received_path, settings.max_upload_bytes, settings.upload_idle_timeout_seconds
+        )
         fmt = _detect_format(received.filename, received.content_type)
         if received.size == 0:
             raise Problem(422, "The file is empty.")
-        rows, columns = await asyncio.to_thread(_convert, received_path, fmt, parquet_tmp)
+        name = received.fields.get("name") or _basename(received.filename) or dataset_id
+        name = check_name(name[:MAX_NAME_CHARS], "dataset name")
+        limits = Limits(
+            settings.max_dataset_rows, settings.max_dataset_columns, settings.max_dataset_cells,
+            settings.max_dataset_bytes,
+        )
+        rows, columns = await scan(
+            request.app, convert_isolated, received_path, fmt, parquet_tmp, limits,
+            settings.decode_memory_bytes, settings.decode_timeout_seconds,
+        )
         await asyncio.to_thread(fsync_replace, parquet_tmp, final)
-        name = (received.fields.get("name") or received.filename or dataset_id)[:255]
         ds = Dataset(
             id=dataset_id, owner_id=principal.user_id, name=name, source_format=fmt,
             rows=rows, columns=columns, size_bytes=final.stat().st_size,
@@ -162,20 +188,30 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
     return _out(ds)
 
 
+def _basename(filename: str) -> str:
+    """The client's file name without any directories it sent (`../../x.csv` -> `x.csv`)."""
+    return filename.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 @router.get("/datasets", response_model=DatasetPage)
 async def list_datasets(
     request: Request,
     principal: CurrentUser,
     limit: Annotated[int, QueryParam(ge=1, le=500)] = 50,
-    offset: Annotated[int, QueryParam(ge=0)] = 0,
+    offset: Annotated[int, QueryParam(ge=0, le=q.MAX_OFFSET)] = 0,
 ) -> DatasetPage:
     where = [] if principal.is_admin else [Dataset.owner_id == principal.user_id]
+    # The schema stays in PostgreSQL: a page carries each dataset's column count only.
+    summary = select(
+        Dataset.id, Dataset.name, Dataset.source_format, Dataset.rows,
+        func.json_array_length(Dataset.columns).label("column_count"), Dataset.size_bytes, Dataset.created_at,
+    )
     async with request.app.state.sessions() as session:
         total = await session.scalar(select(func.count()).select_from(Dataset).where(*where))
-        rows = await session.scalars(
-            select(Dataset).where(*where).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+        rows = await session.execute(
+            summary.where(*where).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
         )
-        items = [_out(ds) for ds in rows]
+        items = [DatasetSummary.model_validate(row, from_attributes=True) for row in rows]
     return DatasetPage(items=items, total=total or 0, limit=limit, offset=offset)
 
 
@@ -194,6 +230,7 @@ async def delete_dataset(request: Request, dataset_id: str, principal: CurrentUs
     # Services that cache derived results (viz charts) drop theirs on this event.
     await request.app.state.redis.publish(events.DATASET_DELETED, dataset_id)
     log.info("dataset deleted", extra={"dataset_id": dataset_id})
+    audit("dataset.delete", "success", actor=principal.user_id, object=dataset_id, request=request)
     return Response(status_code=204)
 
 
@@ -225,7 +262,7 @@ async def query_dataset(request: Request, dataset_id: str, body: q.Query, princi
         cached = None
     if cached is not None:
         return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})
-    result = await asyncio.to_thread(q.run, body, _file(request, dataset_id))
+    result = await scan(request.app, q.run, body, _file(request, dataset_id))
     try:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.set(key, result, ex=settings.query_cache_ttl)
@@ -252,13 +289,14 @@ async def dataset_content(request: Request, dataset_id: str, principal: CurrentU
 @router.get("/datasets/{dataset_id}/describe")
 async def describe_dataset(request: Request, dataset_id: str, principal: CurrentUser) -> Response:
     await _owned(request, dataset_id, principal)
-    body = await asyncio.to_thread(q.describe, _file(request, dataset_id))
+    body = await scan(request.app, q.describe, _file(request, dataset_id))
     return Response(body, media_type=JSON)
 
 
 async def _startup(app: FastAPI) -> None:
     settings: DataSettings = app.state.settings
     app.state.datasets_dir = ensure_dir(settings.home / "datasets")
+    app.state.scan_slots = asyncio.Semaphore(settings.max_parallel_scans)
     ensure_dir(app.state.datasets_dir / ".incoming")
 
 

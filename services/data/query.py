@@ -19,6 +19,7 @@ from datalab.core.errors import Problem
 Op = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "contains", "is_null", "not_null"]
 AggFunc = Literal["count", "sum", "mean", "min", "max", "median", "std"]
 MAX_LIMIT = 10_000
+MAX_OFFSET = 2**63 - 1  # what PostgreSQL's OFFSET and polars' slice take (a signed 64-bit int)
 
 
 class Filter(BaseModel):
@@ -53,7 +54,7 @@ class Query(BaseModel):
     aggregate: list[Aggregate] = Field(default_factory=list)
     sort: list[SortKey] = Field(default_factory=list)
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
     @model_validator(mode="after")
     def _select_or_aggregate(self) -> Query:
@@ -184,6 +185,7 @@ def build(query: Query, schema: pl.Schema, source: pl.LazyFrame) -> pl.LazyFrame
     )
     unknown = sorted({c for c in referenced if c not in kinds})
     if unknown:
+        unknown = unknown[:20]  # a body naming 100,000 columns is not echoed back whole
         raise _invalid(f"Unknown column(s): {', '.join(map(repr, unknown))}.", unknown=unknown, available=list(kinds))
 
     plan = source
@@ -234,9 +236,24 @@ def run(query: Query, path: Path) -> bytes:
     ).encode()
 
 
+DESCRIBE_CELLS_PER_PASS = 2_000_000  # ~16 MB of 8-byte values decoded at a time
+
+
 def describe(path: Path) -> bytes:
-    frame = pl.read_parquet(path)
-    if frame.width == 0:
+    """Summary statistics per column. The quantiles need a column in memory, so the file is
+    read a few columns at a time (as many as fit DESCRIBE_CELLS_PER_PASS, at least one),
+    never whole: memory follows the row cap, not the dataset's size."""
+    source = pl.scan_parquet(path)
+    names = list(source.collect_schema())
+    if not names:
         return b'{"statistics": []}'
-    stats = frame.describe()
+    rows = int(source.select(pl.len()).collect().item())
+    per_pass = max(1, DESCRIBE_CELLS_PER_PASS // max(rows, 1))
+    stats: pl.DataFrame | None = None
+    try:
+        for start in range(0, len(names), per_pass):
+            part = source.select(names[start : start + per_pass]).describe()
+            stats = part if stats is None else stats.join(part, on="statistic", how="left", maintain_order="left")
+    except pl.exceptions.PolarsError as exc:  # e.g. a column itself named "statistic"
+        raise Problem(422, f"The dataset cannot be described: {str(exc).splitlines()[0][:200]}") from None
     return ('{"statistics":' + stats.write_json() + "}").encode()

@@ -6,6 +6,7 @@ stream ourselves lets us stop at the limit and never hold an upload in memory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,13 @@ def _too_large(limit: int) -> Problem:
     return Problem(413, f"The upload exceeds the limit of {limit} bytes.")
 
 
-async def receive_file(request: Request, destination: Path, limit: int, field_name: str = "file") -> ReceivedFile:
-    """Stream the multipart part `field_name` to `destination`. Removes it on any failure."""
+async def receive_file(
+    request: Request, destination: Path, limit: int, idle_timeout: float, field_name: str = "file"
+) -> ReceivedFile:
+    """Stream the multipart part `field_name` to `destination`. Removes it on any failure.
+
+    A body that stops arriving for `idle_timeout` seconds is refused (408): Traefik lets slow
+    uploads through without a read timeout, so a stalled client would hold a worker forever."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "Send the dataset as multipart/form-data with a 'file' part.")
@@ -86,6 +92,9 @@ async def receive_file(request: Request, destination: Path, limit: int, field_na
         if not state.is_file and state.name:
             state.fields[state.name] = state.value.decode("utf-8", "replace")
 
+    def on_end() -> None:
+        state.complete = True
+
     parser = MultipartParser(
         params[b"boundary"],
         {
@@ -96,13 +105,26 @@ async def receive_file(request: Request, destination: Path, limit: int, field_na
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     ok = False
     try:
-        async for chunk in request.stream():
+        chunks = request.stream().__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise Problem(408, f"The upload stalled: no data for {idle_timeout:g} seconds.") from None
             parser.write(chunk)
         parser.finalize()
+        # The parser accepts a body that stops mid-part; only the closing boundary says
+        # the client sent all of it (a cut connection is not a complete dataset).
+        if not state.complete:
+            raise Problem(400, "The multipart body ended before its closing boundary: the upload is incomplete.")
         if state.files_seen == 0:
             raise Problem(400, f"No file part named {field_name!r} in the upload.")
         ok = True
@@ -121,6 +143,7 @@ class _PartState:
     def __init__(self) -> None:
         self.fields: dict[str, str] = {}
         self.files_seen = 0
+        self.complete = False  # the closing boundary was seen
         self.filename = ""  # of the file part (kept across later parts)
         self.content_type = ""
         self.reset()

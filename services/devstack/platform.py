@@ -25,7 +25,10 @@ from datalab.core.redis_users import USERS as REDIS_USERS
 from datalab.core.secrets import write_secret
 from datalab.core.settings import SERVICE_PORTS
 
-from .servers import Postgres, Process, Redis, ServerError, free_ports, tail, traefik_binary, wait_until
+from .servers import (
+    Postgres, Process, Redis, ServerError, free_ports, port_holder, port_open, stop_leftovers, tail, traefik_binary,
+    wait_until,
+)
 
 log = logging.getLogger("datalab.devstack")
 
@@ -51,11 +54,24 @@ class PlatformConfig:
     worker_metrics_port: int = 8005  # the first worker's /metrics; the next ones count up
     admin_user: str = "admin"
     admin_password: str | None = None  # DATALAB_ADMIN_PASSWORD; else generated once
+    # Traefik's entrypoint timeouts (Go durations). Go's http.Server, which Traefik does not
+    # give a header timeout, bounds the headers by readTimeout, and readTimeout covers the
+    # whole request, body included: 10m cuts a slowloris client off and still carries a
+    # 512 MiB upload (DATALAB_MAX_UPLOAD_BYTES) at ~7 Mbit/s. writeTimeout runs from the end
+    # of the headers (body read, the service's work, the response): longer than readTimeout
+    # so an upload that was in time also gets its answer. Idle keep-alive connections: 90s.
+    traefik_read_timeout: str = "10m"
+    traefik_write_timeout: str = "15m"
+    traefik_idle_timeout: str = "90s"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> PlatformConfig:
         env = os.environ
+        services = [n for n in env.get("DATALAB_SERVICES", ",".join(DEFAULT_SERVICES)).split(",") if n]
+        unknown = sorted(set(services) - set(SERVICE_PORTS))
+        if unknown or "gateway" not in services:
+            raise ValueError(f"DATALAB_SERVICES: unknown {unknown}" if unknown else "DATALAB_SERVICES needs gateway")
         return cls(
             home=Path(env.get("DATALAB_HOME", ".datalab")).resolve(),
             http_port=int(env.get("DATALAB_HTTP_PORT", 8080)),
@@ -63,9 +79,17 @@ class PlatformConfig:
             postgres_port=int(env.get("DATALAB_POSTGRES_PORT", 55432)),
             redis_port=int(env.get("DATALAB_REDIS_PORT", 56379)),
             redis_maxmemory=env.get("DATALAB_REDIS_MAXMEMORY", "256mb"),
+            # DATALAB_GATEWAY_PORT ... DATALAB_VIZ_PORT, DATALAB_SERVICES=gateway,data: the
+            # defaults are SERVICE_PORTS and all five (tests run `datalab up` off them).
+            service_ports={n: int(env.get(f"DATALAB_{n.upper()}_PORT", port)) for n, port in SERVICE_PORTS.items()},
+            services=services,
+            worker_metrics_port=int(env.get("DATALAB_WORKER_METRICS_PORT", 8005)),
             admin_user=env.get("DATALAB_ADMIN_USER", "admin"),
             workers=int(env.get("DATALAB_WORKERS", 1)),
             admin_password=env.get("DATALAB_ADMIN_PASSWORD") or None,
+            traefik_read_timeout=env.get("DATALAB_TRAEFIK_READ_TIMEOUT", cls.traefik_read_timeout),
+            traefik_write_timeout=env.get("DATALAB_TRAEFIK_WRITE_TIMEOUT", cls.traefik_write_timeout),
+            traefik_idle_timeout=env.get("DATALAB_TRAEFIK_IDLE_TIMEOUT", cls.traefik_idle_timeout),
         )
 
     @classmethod
@@ -112,7 +136,9 @@ def traefik_dynamic_config(config: PlatformConfig) -> dict:
             "middlewares": {
                 "auth": {
                     "forwardAuth": {
-                        "address": f"{config.url('gateway')}/api/v1/auth/verify",
+                        # Straight to the gateway (it trusts X-Forwarded-For from 127.0.0.1 only):
+                        # /internal/ has no public route, so the JWT it mints never reaches a client.
+                        "address": f"{config.url('gateway')}/internal/auth/verify",
                         "authResponseHeaders": ["X-User-Id", "X-User-Name", "Authorization"],
                         # The gateway answers with headers and a tiny JSON body only.
                         "maxResponseBodySize": 65536,
@@ -127,14 +153,16 @@ def traefik_dynamic_config(config: PlatformConfig) -> dict:
 
 
 def traefik_static_config(config: PlatformConfig, dynamic_file: Path) -> dict:
+    """HTTP only, on loopback: no websecure, so no redirect to it (config/traefik has both)."""
+    timeouts = {"respondingTimeouts": {  # never 0 (a slowloris holds a connection forever): see PlatformConfig
+        "readTimeout": config.traefik_read_timeout,
+        "writeTimeout": config.traefik_write_timeout,
+        "idleTimeout": config.traefik_idle_timeout,
+    }}
     return {
         "entryPoints": {
-            "web": {
-                "address": f"127.0.0.1:{config.http_port}",
-                # Large uploads stream through: no read timeout on slow bodies.
-                "transport": {"respondingTimeouts": {"readTimeout": "0s"}},
-            },
-            "ping": {"address": f"127.0.0.1:{config.traefik_ping_port}"},
+            "web": {"address": f"127.0.0.1:{config.http_port}", "transport": timeouts},
+            "ping": {"address": f"127.0.0.1:{config.traefik_ping_port}", "transport": timeouts},
         },
         "ping": {"entryPoint": "ping"},
         "providers": {"file": {"filename": str(dynamic_file), "watch": True}},
@@ -150,7 +178,9 @@ class Platform:
         home = config.home
         self.secrets_dir = home / "secrets"
         self.logs = home / "logs"
+        self.run_dir = home / "run"  # a pid file per running child: the next start stops leftovers
         self.postgres = Postgres(home / "postgres", config.postgres_port)
+        self.postgres.process.pid_file = self.run_dir / "postgres.pid"
         self.redis: Redis | None = None
         self.processes: list[Process] = []
         self.admin_password_generated = False
@@ -217,9 +247,31 @@ class Platform:
         env.update(c.extra_env)
         return env
 
+    def ports(self) -> dict[str, int]:
+        c = self.config
+        ports = {"postgres": c.postgres_port, "redis": c.redis_port, "traefik": c.http_port,
+                 "traefik ping": c.traefik_ping_port}
+        ports.update({name: c.service_ports[name] for name in c.services})
+        if "compute" in c.services:
+            ports.update({f"worker-{i} metrics": c.worker_metrics_port + i for i in range(c.workers)})
+        return ports
+
+    def _clear_the_way(self) -> None:
+        """Stop what an earlier run in this home left running (its pid files), then refuse,
+        naming the holder, a port something else still holds: a server that cannot bind
+        fails later and less clearly (PostgreSQL: "could not create any TCP/IP sockets")."""
+        for leftover in stop_leftovers(self.run_dir):
+            log.warning("stopped %s, left running by an earlier run in %s", leftover, self.config.home)
+            print(f"DataLab: stopped {leftover}, left running by an earlier run", file=sys.stderr, flush=True)
+        taken = [f"port {port} ({what}) is held by {port_holder(port)}"
+                 for what, port in self.ports().items() if port_open(port)]
+        if taken:
+            raise ServerError("cannot start: " + "; ".join(taken))
+
     def start(self) -> None:
         c = self.config
         c.home.mkdir(parents=True, exist_ok=True)
+        self._clear_the_way()
         generated = self._ensure_secrets()
         try:
             self.postgres.start()
@@ -227,6 +279,7 @@ class Platform:
             self.postgres.ensure_app_database(APP_DB, APP_DB_USER, generated["db_password"])
 
             self.redis = Redis(c.home / "redis", c.redis_port, generated["redis_passwords"], c.redis_maxmemory)
+            self.redis.process.pid_file = self.run_dir / "redis.pid"
             self.redis.start()
             self.processes.append(self.redis.process)
 
@@ -236,6 +289,7 @@ class Platform:
                     [sys.executable, "-m", "datalab.cli", "serve", name],
                     self.logs / f"{name}.log",
                     env=self.service_env(name),
+                    pid_file=self.run_dir / f"{name}.pid",
                 )
                 proc.start()
                 self.processes.append(proc)
@@ -261,7 +315,7 @@ class Platform:
         self.processes = [p for p in self.processes if p.name != f"worker-{index}"]
         proc = Process(
             f"worker-{index}", [sys.executable, "-m", "datalab.cli", "worker"],
-            self.logs / f"worker-{index}.log", env=env,
+            self.logs / f"worker-{index}.log", env=env, pid_file=self.run_dir / f"worker-{index}.pid",
         )
         proc.start()
         self.processes.append(proc)
@@ -276,12 +330,13 @@ class Platform:
         static = root / "traefik.yaml"
         dynamic.write_text(yaml.safe_dump(traefik_dynamic_config(c), sort_keys=False))
         static.write_text(yaml.safe_dump(traefik_static_config(c, dynamic), sort_keys=False))
-        proc = Process("traefik", [traefik_binary(), f"--configFile={static}"], self.logs / "traefik.log")
+        proc = Process("traefik", [traefik_binary(), f"--configFile={static}"], self.logs / "traefik.log",
+                       pid_file=self.run_dir / "traefik.pid")
         proc.start()
         self.processes.append(proc)
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{c.traefik_ping_port}/ping"), 30, proc, "answering /ping")
         # The file provider loads asynchronously: wait until a route answers through Traefik.
-        wait_until(lambda: _http_ok(f"{self.base_url}/api/v1/auth/verify", accept=(401,)), 30, proc, "routing")
+        wait_until(lambda: _http_ok(f"{self.base_url}/api/v1/auth/me", accept=(401,)), 30, proc, "routing")
 
     @property
     def base_url(self) -> str:
@@ -295,6 +350,12 @@ class Platform:
             except Exception as exc:  # keep stopping the others
                 log.error("stopping %s failed: %s", proc.name, exc)
         self.processes.clear()
+
+    def kill(self) -> None:
+        """Every child and its descendants SIGKILLed now (a second Ctrl-C while stopping);
+        a stop() under way, or the next, reaps them."""
+        for proc in self.processes:
+            proc.kill_tree()
 
     def dead(self) -> list[Process]:
         return [p for p in self.processes if not p.alive()]

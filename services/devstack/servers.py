@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import glob
 import os
 import pwd
@@ -62,10 +63,29 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+
+def _die_with(parent: int):
+    """preexec_fn: the kernel SIGKILLs this child when its parent dies, however it dies
+    (SIGKILL, a crash), so no server outlives the launcher. Set after the setuid Popen does
+    for `user=` (a credential change clears it). The death signal follows the thread that
+    forked: start processes from the main thread (or one that lives as long)."""
+
+    def preexec() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+            os._exit(1)
+
+    return preexec
+
+
 @dataclass
 class Process:
     """A child process in its own session (a terminal's Ctrl-C reaches only the launcher,
-    which then stops children in order), logging to a file."""
+    which then stops children in order), logging to a file, killed by the kernel if the
+    launcher dies first. With a pid file, a later launcher can find it (stop_leftovers)."""
 
     name: str
     argv: list[str]
@@ -74,6 +94,7 @@ class Process:
     user: str | None = None
     cwd: Path | None = None
     stop_signal: int = signal.SIGTERM
+    pid_file: Path | None = None
     popen: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -89,9 +110,14 @@ class Process:
                 cwd=self.cwd,
                 user=self.user,
                 start_new_session=True,
+                preexec_fn=_die_with(os.getpid()),
             )
         finally:
             log.close()
+        if self.pid_file is not None:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            # The start time tells this process from a later one that got the same pid.
+            self.pid_file.write_text(f"{self.popen.pid} {psutil.Process(self.popen.pid).create_time()}\n")
 
     @property
     def pid(self) -> int | None:
@@ -101,27 +127,85 @@ class Process:
         return self.popen is not None and self.popen.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        if not self.alive():
-            return
-        assert self.popen is not None
-        # Children that detach into their own process group (an RQ work horse) would outlive
-        # their parent: note them first, and end whichever is still there afterwards.
-        try:
-            descendants = psutil.Process(self.popen.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
-        self.popen.send_signal(self.stop_signal)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
-        _, alive = psutil.wait_procs(descendants, timeout=5)
-        for child in alive:
-            child.kill()
+        if self.alive():
+            assert self.popen is not None
+            # Children that detach into their own process group (an RQ work horse) would
+            # outlive their parent: note them first, end whichever is still there afterwards.
+            try:
+                descendants = psutil.Process(self.popen.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                descendants = []
+            self.popen.send_signal(self.stop_signal)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+            _, alive = psutil.wait_procs(descendants, timeout=5)
+            for child in alive:
+                child.kill()
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+    def kill_tree(self) -> None:
+        """SIGKILL the process and every descendant now (a second Ctrl-C); stop() reaps."""
+        if self.alive():
+            assert self.popen is not None
+            _kill_tree(self.popen.pid)
 
     def fail(self, what: str) -> ServerError:
         return ServerError(f"{self.name}: {what}\n--- {self.log_path} ---\n{tail(self.log_path)}")
+
+
+def _kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[psutil.Process]:
+    try:
+        top = psutil.Process(pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def stop_leftovers(run_dir: Path) -> list[str]:
+    """Kill what an earlier launcher left running (its pid files in run_dir: a launcher that
+    was SIGKILLed before its children got the kernel's signal, or an older version). Only a
+    process whose start time matches its file is touched; every file is removed. Returns
+    what was stopped, e.g. ["postgres (pid 123)"]."""
+    stopped = []
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        try:
+            pid_text, started = pid_file.read_text().split()
+            proc = psutil.Process(int(pid_text))
+            if abs(proc.create_time() - float(started)) < 0.01:
+                _, alive = psutil.wait_procs(_kill_tree(proc.pid, signal.SIGTERM), timeout=10)
+                for p in alive:
+                    p.kill()
+                psutil.wait_procs(alive, timeout=5)
+                stopped.append(f"{pid_file.stem} (pid {proc.pid})")
+        except (ValueError, psutil.NoSuchProcess):
+            pass  # unreadable, or long gone
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def port_holder(port: int) -> str:
+    """Who listens on a loopback port, for an error message: "pid 12 (postgres -D ...)"."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                try:
+                    cmd = " ".join(psutil.Process(conn.pid).cmdline())[:160]
+                except psutil.Error:
+                    cmd = "?"
+                return f"pid {conn.pid} ({cmd})"
+    except psutil.AccessDenied:
+        pass
+    return "another process (run as root, or use ss -ltnp, to see which)"
 
 
 def wait_until(check, timeout: float, process: Process, what: str) -> None:

@@ -1,6 +1,7 @@
 """The README's curl walkthrough, run as written against the test platform."""
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def curl_block() -> str:
 
 
 def test_readme_curl_walkthrough(platform):
+    if shutil.which("curl") is None:  # a fresh machine (make cleanroom) may have none
+        pytest.skip("NO CURL on this machine: the README's curl walkthrough was NOT run")
     script = curl_block()
     assert "B=http://127.0.0.1:8080" in script and "$(cat .datalab/admin-password)" in script
     script = script.replace("B=http://127.0.0.1:8080", f"B={platform.base_url}")

@@ -113,13 +113,15 @@ def test_compute_and_worker_have_the_queue_but_nothing_else(users):
         assert client.get("rq:acl-test") == b"1"
         for key in ("dl:rl:x", "dl:refresh-used:x", "dl:q:x", "dl:viz:img:x"):
             assert denied(lambda c=client, k=key: c.get(k)), (user, key)
-    # Lua only for the worker (RQ's scheduler lock); the compute API needs none.
-    assert denied(lambda: users["compute"].eval("return 1", 0))
-    sha = users["worker"].script_load("return redis.call('GET', KEYS[1])")  # as redis-py's Script does
-    assert users["worker"].evalsha(sha, 1, "rq:acl-test") == b"1"
-    # ...and a script runs with the caller's rights: no reaching other keys through Lua.
-    assert denied(lambda: users["worker"].evalsha(sha, 1, "dl:rl:x"))
-    assert denied(lambda: users["compute"].evalsha(sha, 1, "rq:acl-test"))
+    # Lua as redis-py's Script runs it (RQ's scheduler lock, redis-py's Lock), never EVAL...
+    for user in ("compute", "worker"):
+        assert denied(lambda u=user: users[u].eval("return 1", 0))
+        sha = users[user].script_load("return redis.call('GET', KEYS[1])")
+        assert users[user].evalsha(sha, 1, "rq:acl-test") == b"1"
+        # ...and a script runs with the caller's rights: no reaching other keys through Lua.
+        assert denied(lambda u=user, h=sha: users[u].evalsha(h, 1, "dl:rl:x"))
+    for user in ("gateway", "data", "viz", "ai"):
+        assert denied(lambda u=user: users[u].script_load("return 1"))
 
 
 def test_credentials_are_0600_and_the_server_config_holds_hashes_only(platform):

@@ -11,6 +11,7 @@ import yaml
 
 from datalab.devstack.hashistack import find_binary
 from hcl_plain import load_hcl
+from traefik_config import assert_entrypoint_timeouts, go_seconds
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -96,13 +97,27 @@ def test_consul_acls_default_deny(name):
 def test_traefik_entrypoints_and_catalog():
     static = yaml.safe_load((CONFIG / "traefik" / "traefik.yml").read_text())
     entry = static["entryPoints"]
-    assert entry["web"]["asDefault"] and entry["websecure"]["asDefault"] and "tls" in entry["websecure"]["http"]
+    # Plain HTTP only redirects to HTTPS; routes join websecure; forwardAuth has the loopback `auth`.
+    assert entry["web"]["http"]["redirections"]["entryPoint"] == {"to": "websecure", "scheme": "https", "permanent": True}
+    assert not entry["web"].get("asDefault")
+    assert entry["websecure"]["asDefault"] and "tls" in entry["websecure"]["http"]
+    assert not entry["auth"].get("asDefault") and entry["auth"]["address"].startswith("127.0.0.1:")
+    assert entry["auth"]["forwardedHeaders"]["trustedIPs"] == ["127.0.0.1/32"]
     assert not entry["ping"].get("asDefault") and static["ping"]["entryPoint"] == "ping"
     catalog = static["providers"]["consulCatalog"]
     assert catalog["strictChecks"] == ["passing"] and static["providers"]["file"]["filename"].endswith("dynamic.yml")
     auth = yaml.safe_load((CONFIG / "traefik" / "dynamic.yml").read_text())["http"]["middlewares"]["auth"]
     assert auth["forwardAuth"]["trustForwardHeader"] is False
     assert auth["forwardAuth"]["authResponseHeaders"] == ["X-User-Id", "X-User-Name", "Authorization"]
+    # forwardAuth through Traefik, but not through the redirecting web entrypoint
+    assert auth["forwardAuth"]["address"] == f"http://{entry['auth']['address']}/internal/auth/verify"
+
+
+def test_traefik_entrypoints_all_have_timeouts():
+    static = yaml.safe_load((CONFIG / "traefik" / "traefik.yml").read_text())
+    assert_entrypoint_timeouts(static["entryPoints"])
+    web = static["entryPoints"]["web"]["transport"]["respondingTimeouts"]
+    assert go_seconds(web["readTimeout"]) >= 600  # a 512 MiB upload at ~7 Mbit/s still fits
 
 
 def test_compute_dispatch_acl_policy():

@@ -14,6 +14,7 @@ import pytest
 
 from datalab.devstack.hashistack import find_binary
 from hcl_plain import plain
+from traefik_config import assert_entrypoint_timeouts
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "jobs").glob("*.nomad.hcl"))
@@ -166,6 +167,20 @@ def test_compute_api_has_a_nomad_identity_file_for_dispatch():
     assert "identity" not in tasks(groups(body)["workers"])["worker"]
 
 
+def test_only_compute_workers_hold_the_platform_api_key():
+    """The API key mints the platform's admin identity: the tasks that act as the platform
+    (workers reading datasets and reporting models) hold it, the compute API does not."""
+    holders = set()
+    for path in JOBS:
+        name, body = job_body(path)
+        for group_name, group in groups(body).items():
+            for task_name, task in tasks(group).items():
+                if any(t["destination"] == "secrets/service_api_key" for t in task.get("template", [])):
+                    holders.add(f"{name}/{group_name}/{task_name}")
+    assert "compute/api/compute" not in holders
+    assert {"compute/workers/worker", "compute-batch/run/job"} <= holders
+
+
 def test_gateway_alone_holds_the_signing_key():
     for path in JOBS:
         name, body = job_body(path)
@@ -260,9 +275,12 @@ def test_traefik_static_config_rendered_by_nomad():
     config = yaml.safe_load(static["EmbeddedTmpl"].replace('"{{ env "CONSUL_HTTP_TOKEN" }}"', '""')
                             .replace('"{{ env "NOMAD_TASK_DIR" }}', '"/local'))
     entry = config["entryPoints"]
-    assert entry["web"] == {"address": ":18080", "asDefault": True}
+    # One machine (raw_exec): plain HTTP on web, as the embedded platform; no redirect.
+    assert {k: v for k, v in entry["web"].items() if k != "transport"} == {"address": ":18080", "asDefault": True}
+    assert set(entry) == {"web", "websecure", "ping", "auth"}
     assert entry["websecure"]["address"] == ":18443" and entry["websecure"]["asDefault"] is True
     assert "tls" in entry["websecure"]["http"] and "asDefault" not in entry["ping"]
+    assert_entrypoint_timeouts(entry)
     catalog = config["providers"]["consulCatalog"]
     assert catalog["exposedByDefault"] is False and catalog["strictChecks"] == ["passing"]
     assert catalog["endpoint"]["token"] == ""  # rendered from the task's CONSUL_HTTP_TOKEN
@@ -272,8 +290,28 @@ def test_traefik_static_config_rendered_by_nomad():
     dynamic = yaml.safe_load(next(t for t in task["Templates"] if t["DestPath"] == "local/dynamic.yml")["EmbeddedTmpl"])
     assert set(dynamic["http"]["middlewares"]) == {"auth", "retry"}
     auth = dynamic["http"]["middlewares"]["auth"]["forwardAuth"]
-    assert auth["address"].endswith(":18080/api/v1/auth/verify") and auth["trustForwardHeader"] is False
+    assert auth["address"] == "http://127.0.0.1:8083/internal/auth/verify" and auth["trustForwardHeader"] is False
     assert auth["authResponseHeaders"] == ["X-User-Id", "X-User-Name", "Authorization"]
+
+
+@needs_nomad
+@pytest.mark.parametrize("var_file", ["vagrant.hcl", "production.hcl"])
+def test_traefik_on_a_cluster_redirects_plain_http_to_https(var_file):
+    import yaml
+
+    job = rendered(ROOT / "jobs" / "traefik.nomad.hcl", ROOT / "jobs" / "vars" / var_file)
+    (task,) = job["TaskGroups"][0]["Tasks"]
+    templates = {t["DestPath"]: t["EmbeddedTmpl"] for t in task["Templates"]}
+    static = yaml.safe_load(templates["secrets/traefik.yml"].replace('"{{ env "CONSUL_HTTP_TOKEN" }}"', '""')
+                            .replace('"{{ env "NOMAD_TASK_DIR" }}', '"/local'))
+    entry = static["entryPoints"]
+    assert entry["web"]["http"]["redirections"]["entryPoint"] == {"to": "websecure", "scheme": "https", "permanent": True}
+    assert not entry["web"].get("asDefault") and entry["websecure"]["asDefault"] and "tls" in entry["websecure"]["http"]
+    assert entry["auth"]["address"] == "127.0.0.1:8083" and not entry["auth"].get("asDefault")
+    assert_entrypoint_timeouts(entry)
+    # forwardAuth goes through the loopback entrypoint: through web it would get the redirect.
+    auth = yaml.safe_load(templates["local/dynamic.yml"])["http"]["middlewares"]["auth"]["forwardAuth"]
+    assert auth["address"] == "http://127.0.0.1:8083/internal/auth/verify"
 
 
 @needs_nomad

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +212,50 @@ def test_the_project_is_copied_off_the_synced_folder(cluster, node):
     assert policies == sorted(p.name for p in (cluster.repo / "config/vault/policies").iterdir()) and policies
     assert (src / "jobs/vars/vagrant.hcl").read_bytes() == (cluster.repo / "jobs/vars/vagrant.hcl").read_bytes()
     assert "unchanged /opt/datalab/src" in cluster.second[node]
+
+
+def test_the_copy_follows_the_repo_with_no_tool_beyond_python(tmp_path, repo):
+    """50-datalab mirrors the repo with Python alone (a fresh machine has no rsync): an
+    edited file is replaced, a removed one deleted, an unchanged one untouched, build output
+    neither copied nor deleted; dirs 0755, files 0644. PATH here holds bash, python3 and
+    coreutils only (what lib.sh uses in dry-run), so a hidden tool fails this test."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "python3").symlink_to(os.path.realpath(sys.executable))  # not a shim (pyenv): the interpreter
+    for name in ("bash", "env", "cat", "cmp", "mkdir", "mktemp", "chmod", "mv", "rm", "stat", "dirname",
+                 "basename", "wc", "sed", "id"):
+        found = shutil.which(name)
+        assert found, name
+        (tools / name).symlink_to(os.path.realpath(found))
+    mine = tmp_path / "repo"
+    shutil.copytree(repo, mine, symlinks=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    env = step_env(root, tmp_path / "cluster", "server1", repo=mine) | {"PATH": str(tools)}
+    src = root / "opt/datalab/src"
+    first = run_step("50-datalab", env).stdout
+    assert "changed /opt/datalab/src" in first
+    keep = src / "jobs/vars/vagrant.hcl"
+    kept_mtime = keep.stat().st_mtime_ns
+    (src / "services/__pycache__").mkdir(exist_ok=True)
+    (src / "services/__pycache__/x.pyc").write_bytes(b"built on the node")
+    (mine / "services/__pycache__").mkdir(exist_ok=True)
+    (mine / "services/__pycache__/y.pyc").write_bytes(b"built on the host")
+    (mine / "config/traefik/dynamic.yml").write_text("edited: true\n")
+    (mine / "config/traefik/traefik.yml").unlink()
+    (mine / "config/new").mkdir()
+    (mine / "config/new/file.txt").write_text("new\n")
+    (mine / "config/new/file.txt").chmod(0o600)
+
+    out = run_step("50-datalab", env).stdout
+    assert "changed /opt/datalab/src (4 paths)" in out, out  # edited, deleted, new dir, new file
+    assert (src / "config/traefik/dynamic.yml").read_text() == "edited: true\n"
+    assert not (src / "config/traefik/traefik.yml").exists()
+    assert oct((src / "config/new").stat().st_mode & 0o777) == "0o755"
+    assert oct((src / "config/new/file.txt").stat().st_mode & 0o777) == "0o644"
+    assert keep.stat().st_mtime_ns == kept_mtime
+    assert (src / "services/__pycache__/x.pyc").exists() and not (src / "services/__pycache__/y.pyc").exists()
+    assert "unchanged /opt/datalab/src" in run_step("50-datalab", env).stdout
 
 
 @pytest.mark.parametrize("node", NODES)

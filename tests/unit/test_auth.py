@@ -87,3 +87,13 @@ def test_key_rotation_is_picked_up(keys):
     assert verifier.principal(new) == ALICE
     with pytest.raises(Problem):
         verifier.principal(old)
+
+
+@pytest.mark.parametrize("issuer, audience", [("someone-else", "datalab"), ("datalab-gateway", "another-audience")])
+def test_token_with_a_foreign_issuer_or_audience_is_rejected(keys, issuer, audience):
+    """Signed with our own key, so only the issuer or audience check can refuse it."""
+    _, verifier, home = keys
+    token, _ = TokenIssuer(SecretStore(home), issuer, audience).mint(ALICE, "access", 60)
+    with pytest.raises(Problem, match="not valid") as err:
+        verifier.principal(token)
+    assert err.value.status == 401

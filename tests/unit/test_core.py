@@ -51,5 +51,5 @@ def test_traefik_protects_every_route_but_login(tmp_path):
     assert http["routers"]["data"]["middlewares"][0] == "auth"
     assert http["routers"]["data"]["rule"] == "PathPrefix(`/api/v1/data`)"
     fa = http["middlewares"]["auth"]["forwardAuth"]
-    assert fa["address"].endswith("/api/v1/auth/verify")
+    assert fa["address"].endswith("/internal/auth/verify")
     assert "Authorization" in fa["authResponseHeaders"]

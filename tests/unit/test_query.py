@@ -91,6 +91,8 @@ def test_mistakes_are_422_with_a_reason(parquet, body, needle):
         {"limit": 0},
         {"limit": q.MAX_LIMIT + 1},
         {"offset": -1},
+        {"offset": 10**30},  # polars and PostgreSQL take 64 bits: it was an OverflowError, a 500
+        {"offset": 2**63},
         {"filter": [{"column": "a", "op": "like", "value": 1}]},
         {"unexpected": 1},
     ],
@@ -105,3 +107,30 @@ def test_cache_key_is_canonical():
     b = q.Query(limit=5, filter=[{"op": "eq", "column": "a", "value": 1}])
     assert a.cache_key() == b.cache_key()
     assert a.cache_key() != q.Query(limit=6).cache_key()
+
+
+def test_the_largest_offset_is_an_empty_page(parquet):
+    out = run(parquet, offset=2**63 - 1)
+    assert out["rows"] == [] and out["total"] == 5
+
+
+def test_describe_a_few_columns_at_a_time_matches_polars(parquet, monkeypatch):
+    """describe reads the file in passes of columns (memory follows the row cap, not the
+    dataset); the result is the one polars gives for the whole frame."""
+    monkeypatch.setattr(q, "DESCRIBE_CELLS_PER_PASS", 10)  # 5 rows: two columns a pass
+    expected = json.loads(pl.read_parquet(parquet).describe().write_json())
+    assert json.loads(q.describe(parquet))["statistics"] == expected
+
+
+def test_describe_a_column_named_statistic_is_422(tmp_path):
+    path = tmp_path / "s.parquet"
+    pl.DataFrame({"statistic": [1, 2], "y": [3, 4]}).write_parquet(path)
+    with pytest.raises(Problem) as err:
+        q.describe(path)
+    assert err.value.status == 422
+
+
+def test_unknown_columns_are_not_echoed_without_bound(parquet):
+    with pytest.raises(Problem) as err:
+        q.run(q.Query(select=[f"ghost{i}" for i in range(10_000)]), parquet)
+    assert len(err.value.extra["unknown"]) == 20 and len(err.value.detail) < 1_000

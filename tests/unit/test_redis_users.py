@@ -13,10 +13,10 @@ def test_only_compute_and_workers_hold_the_queue():
         assert any(k.startswith("rq:") for k in user.keys) == (name in ("compute", "worker")), name
 
 
-def test_lua_only_for_the_workers_and_never_eval():
+def test_lua_only_for_compute_and_workers_and_never_eval():
     for name in SERVICE_USERS:
         rules = USERS[name].rules()
-        assert ("+evalsha" in rules) == (name == "worker"), name
+        assert ("+evalsha" in rules) == (name in ("compute", "worker")), name
         assert "+eval " not in rules + " " and "+@scripting" not in rules, name
 
 
