@@ -449,6 +449,27 @@ class Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, username=user, password=self.passwords[user],
                            **options)
 
+    # Refusals that are no missing rule: RQ's worker asks CLIENT LIST for its own address and
+    # does without it; tests that prove a refusal mark their clients (lib-name acl-test).
+    EXPECTED_DENIALS = {("worker", "command", "client|list")}
+
+    def acl_denials(self) -> list[tuple[str, str, str]]:
+        """(user, reason, object) of every refusal in the ACL log that nobody meant."""
+        client = self.client()
+        try:
+            entries = client.execute_command("ACL", "LOG", "128")
+        finally:
+            client.close()
+        found = []
+        for e in entries:
+            user, reason, obj = (e[k].decode() for k in (b"username", b"reason", b"object"))
+            if (user, reason, obj) in self.EXPECTED_DENIALS or b" lib-name=acl-test " in e[b"client-info"]:
+                continue
+            if reason == "auth" and user == "default":  # a test proving `default` is off
+                continue
+            found.append((user, reason, obj))
+        return found
+
     def _ping(self) -> bool:
         client = self.client(socket_timeout=1)
         try:
