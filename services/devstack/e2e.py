@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         summary += lines
         if not passed:
             return 1
+        # Every job ran as its own Redis ACL user: nothing it did may have been refused.
+        if denied := redis.acl_denials():
+            say(f"FAIL: Redis refused what a job did (core/redis_users.py lacks a rule): {denied}")
+            return 1
+        summary.append("redis: every job as its own ACL user, nothing refused")
         say("PASS")
         return 0
     finally:
