@@ -64,7 +64,7 @@ def main() -> None:
     ))
     platform.start()
     try:
-        conn = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+        conn = platform.redis.client("compute")
         registry = FinishedJobRegistry("default", connection=conn, serializer=JSONSerializer)
         token = httpx.post(f"{platform.base_url}/api/v1/auth/token",
                            data={"username": "admin", "password": "bench-password"}).json()["access_token"]

@@ -282,13 +282,14 @@ job "ai" {
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
+      # Its own Redis ACL user (kv/datalab/redis/ai); re-read for every new connection.
       template {
-        destination = "secrets/redis_password"
-        change_mode = "restart"
+        destination = "secrets/redis.json"
+        change_mode = "noop"
         perms       = "0400"
         uid         = var.run_as_uid
         gid         = var.run_as_gid
-        data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
+        data        = "{{ with secret \"kv/data/datalab/redis/ai\" }}{{ .Data.data | toJSON }}{{ end }}"
       }
 
       # This service's own short-lived PostgreSQL user. change_mode "noop": the app re-reads

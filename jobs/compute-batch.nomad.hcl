@@ -196,13 +196,14 @@ job "compute-batch" {
         EOT
       }
 
+      # The workers' Redis ACL user (kv/datalab/redis/worker); re-read for every new connection.
       template {
-        destination = "secrets/redis_password"
+        destination = "secrets/redis.json"
         change_mode = "noop"
         perms       = "0400"
         uid         = var.run_as_uid
         gid         = var.run_as_gid
-        data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
+        data        = "{{ with secret \"kv/data/datalab/redis/worker\" }}{{ .Data.data | toJSON }}{{ end }}"
       }
 
       template {

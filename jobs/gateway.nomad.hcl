@@ -300,13 +300,14 @@ job "gateway" {
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
+      # Its own Redis ACL user (kv/datalab/redis/gateway); re-read for every new connection.
       template {
-        destination = "secrets/redis_password"
-        change_mode = "restart"
+        destination = "secrets/redis.json"
+        change_mode = "noop"
         perms       = "0400"
         uid         = var.run_as_uid
         gid         = var.run_as_gid
-        data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
+        data        = "{{ with secret \"kv/data/datalab/redis/gateway\" }}{{ .Data.data | toJSON }}{{ end }}"
       }
 
       template {

@@ -1,5 +1,9 @@
-# Redis for caches, rate limits and the RQ queues. Its password comes from Vault
-# (kv/datalab/shared, the same value the services read); AOF keeps queued jobs across restarts.
+# Redis for caches, rate limits and the RQ queues. One ACL user per service, `default` off:
+# the `user` lines come from Vault (kv/datalab/redis-server, built by `datalab vault bootstrap`
+# from core/redis_users.py, password hashes only); each service reads only its own password.
+# AOF keeps queued jobs across restarts. A memory limit with noeviction: nothing is dropped
+# silently (queued jobs, results, refresh-token markers); when full, writes fail and the
+# services answer "not cached" or 503 until TTLs free the space.
 
 # ---- common variables: every job declares the same set (tests/jobs checks it) -----------
 variable "datacenters" {
@@ -86,6 +90,9 @@ variable "version_tag" {
 
 locals {
   resources = lookup(var.resources, "redis", { cpu = 500, memory = 512 })
+  # maxmemory follows the task's memory (var.resources.redis.memory): 3/4 of it, leaving room
+  # for the AOF rewrite's copy-on-write fork, client buffers and fragmentation.
+  maxmemory_mb = floor(local.resources.memory * 3 / 4)
 }
 
 job "redis" {
@@ -175,9 +182,11 @@ job "redis" {
         uid  = 999
         gid  = 999
         data = <<-EOT
-          requirepass {{ with secret "kv/data/datalab/shared" }}{{ .Data.data.redis_password }}{{ end }}
+          {{ with secret "kv/data/datalab/redis-server" }}{{ .Data.data.acl }}{{ end }}
           appendonly yes
           dir /data
+          maxmemory ${local.maxmemory_mb}mb
+          maxmemory-policy noeviction
         EOT
       }
 

@@ -280,13 +280,14 @@ job "viz" {
         data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.jwt_public_key }}{{ end }}"
       }
 
+      # Its own Redis ACL user (kv/datalab/redis/viz); re-read for every new connection.
       template {
-        destination = "secrets/redis_password"
-        change_mode = "restart"
+        destination = "secrets/redis.json"
+        change_mode = "noop"
         perms       = "0400"
         uid         = var.run_as_uid
         gid         = var.run_as_gid
-        data        = "{{ with secret \"kv/data/datalab/shared\" }}{{ .Data.data.redis_password }}{{ end }}"
+        data        = "{{ with secret \"kv/data/datalab/redis/viz\" }}{{ .Data.data | toJSON }}{{ end }}"
       }
 
       resources {

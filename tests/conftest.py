@@ -51,6 +51,9 @@ def platform():
     p.start()
     try:
         yield p
+        # Every service ran as its own Redis ACL user: nothing it did was refused (a cache's
+        # soft failure would hide a rule missing from core/redis_users.py).
+        assert not p.redis.acl_denials(), f"Redis refused: {p.redis.acl_denials()}"
     finally:
         p.stop()
         shutil.rmtree(home, ignore_errors=True)

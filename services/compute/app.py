@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from datalab.core.app import ServiceSpec, create_app
 from datalab.core.audit import audit
 from datalab.core.auth import CurrentUser, Principal, bearer_token
+from datalab.core.cache import create_sync_redis
 from datalab.core.client import ServiceUnavailable
 from datalab.core.errors import Problem
 from datalab.core.secrets import SecretStore
@@ -313,10 +314,7 @@ async def _reaper(app: FastAPI) -> None:
 async def _startup(app: FastAPI) -> None:
     settings: ComputeSettings = app.state.settings
     # RQ speaks synchronous redis-py; it runs in threads, off the event loop.
-    app.state.rq_redis = redis.Redis.from_url(
-        settings.redis_url, password=SecretStore(settings.secrets_dir).read("redis_password") or None,
-        socket_timeout=10,
-    )
+    app.state.rq_redis = create_sync_redis(settings, app.state.secrets, socket_timeout=10)
     app.state.dispatcher = rqq.RQDispatcher()
     app.state.nomad_dispatcher = None
     if settings.nomad_addr:

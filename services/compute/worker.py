@@ -20,6 +20,7 @@ from rq import Worker
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
+from datalab.core.cache import create_sync_redis
 from datalab.core.logging import configure_logging
 from datalab.core.secrets import SecretStore
 from datalab.core.settings import BaseServiceSettings
@@ -67,9 +68,7 @@ class DataLabWorker(Worker):
 
 
 def connect(settings: BaseServiceSettings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, password=SecretStore(settings.secrets_dir).read("redis_password") or None
-    )
+    return create_sync_redis(settings, SecretStore(settings.secrets_dir))
 
 
 def run_worker(settings: WorkerSettings | None = None) -> None:

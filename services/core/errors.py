@@ -8,9 +8,11 @@ catch-all is in middleware.RequestContextMiddleware, inside the request id's sco
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,6 +22,7 @@ from starlette.routing import Match
 from .logging import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("datalab.errors")
 
 
 class Problem(Exception):
@@ -96,7 +99,17 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
     return problem_response(422, "The request is not valid.", errors=errors)
 
 
+async def _on_redis(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+    # Redis down, full (maxmemory, noeviction) or refusing (ACL): the request can be retried,
+    # so a 503, not a 500. A NOPERM is a missing rule in redis_users.py: log it loudly.
+    level = logging.ERROR if isinstance(exc, redis.exceptions.NoPermissionError) else logging.WARNING
+    log.log(level, "redis error", extra={"error": f"{type(exc).__name__}: {exc}"})
+    return problem_response(503, "A backing store is not answering or is full; try again shortly.",
+                            headers={"Retry-After": "5"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(redis.exceptions.RedisError, _on_redis)

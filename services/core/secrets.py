@@ -9,7 +9,8 @@ Files:
   jwt_private_key.pem   gateway only
   jwt_public_key.pem    every service
   db.json               {"username": ..., "password": ...}
-  redis_password        optional
+  redis.json            {"username": ..., "password": ...}: the process's own Redis ACL user
+                        (core/cache.py; embedded: redis-<user>.json, named by DATALAB_REDIS_SECRET)
   admin_password        gateway, first start only
 """
 

@@ -50,6 +50,8 @@ class BaseServiceSettings(BaseSettings):
     db_credential_wait_seconds: float = 30.0
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # This process's Redis ACL user, a file in the secrets dir: {"username", "password"}.
+    redis_secret: str = "redis.json"
 
     # JWT: the gateway signs with an Ed25519 private key; every service verifies with the
     # public key, so no service but the gateway can mint a token.

@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Query as QueryParam, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from datalab.core import db, events
@@ -252,15 +253,24 @@ async def query_dataset(request: Request, dataset_id: str, body: q.Query, princi
     settings: DataSettings = request.app.state.settings
     redis = request.app.state.redis
     key = f"dl:q:{dataset_id}:{hashlib.sha256(body.cache_key().encode()).hexdigest()}"
-    cached = await redis.get(key)
+    # The cache is an optimisation: unreadable is a miss, unwritable (Redis full: maxmemory
+    # with noeviction, or down) is "not cached", never an error for the caller.
+    try:
+        cached = await redis.get(key)
+    except RedisError as exc:
+        log.warning("query cache unreadable", extra={"error": str(exc)})
+        cached = None
     if cached is not None:
         return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})
     result = await scan(request.app, q.run, body, _file(request, dataset_id))
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(key, result, ex=settings.query_cache_ttl)
-        pipe.sadd(_cache_index(dataset_id), key)
-        pipe.expire(_cache_index(dataset_id), settings.query_cache_ttl * 2)
-        await pipe.execute()
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, result, ex=settings.query_cache_ttl)
+            pipe.sadd(_cache_index(dataset_id), key)
+            pipe.expire(_cache_index(dataset_id), settings.query_cache_ttl * 2)
+            await pipe.execute()
+    except RedisError as exc:
+        log.warning("query result not cached", extra={"error": str(exc)})
     return Response(result, media_type=JSON, headers={"X-Cache": "miss"})
 
 

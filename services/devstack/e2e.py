@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import hvac
 import psutil
 
+from datalab.core.redis_users import SERVICE_USERS
 from datalab.hashicorp import nomad as nomad_cli
 from datalab.hashicorp import vault
 from datalab.hashicorp.cluster_checks import Cluster, run_checks
@@ -37,6 +37,7 @@ RUN_AS = "datalab"
 # Deployed all at once (datalab deploy --parallel): no job waits on another to start.
 DEPLOY_JOBS = ["traefik", "gateway", "data", "ai", "compute", "viz", "compute-batch"]
 LEASE_TTL = "15s"
+RUN_MARKER = "DATALAB_E2E_RUN"
 
 
 def say(msg: str) -> None:
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="datalab-e2e-"))
+    # Inherited by everything this run starts (PostgreSQL's backends included), so the
+    # teardown check knows this run's processes from other runs' of the same user.
+    os.environ[RUN_MARKER] = str(root)
     os.chmod(root, 0o755)
     user = ensure_user(RUN_AS)
     home = root / "home"
@@ -97,33 +101,35 @@ def main(argv: list[str] | None = None) -> int:
         bao = OpenBaoDev(root / "openbao")
         bao.start()
         started.append(bao)
-        pg_port, redis_port = free_ports(2)
-        pg = Postgres(root / "postgres", pg_port)
+        pg = Postgres(root / "postgres", free_ports(1)[0])
         pg.start()
         started.append(pg)
         pg.execute("CREATE DATABASE datalab") if not pg.execute(
             "SELECT 1 FROM pg_database WHERE datname = 'datalab'") else None
-        redis = Redis(root / "redis", redis_port, secrets.token_urlsafe(24))
-        redis.start()
-        started.append(redis)
         consul_register(consul, "postgres", pg.port)
-        consul_register(consul, "redis", redis.port)
         nomad = NomadDev(root / "nomad", consul, bao)
         nomad.start()
         started.append(nomad)
-        traefik = subprocess.run([str(venv / "bin" / "traefik"), "version"], capture_output=True, text=True,
-                                 check=True).stdout.split()
-        summary += [consul.version(), bao.version().split(" (")[0], nomad.version(),
-                    f"Traefik {traefik[traefik.index('Version:') + 1]}", pg.version(),
-                    redis.version().split(" sha=")[0]]
-        say("agents up: " + "; ".join(summary))
 
         say("vault bootstrap (with Nomad's JWKS)")
         client = hvac.Client(url=bao.address, token=bao.root_token)
         # Short leases, so that Nomad's template (which renews at ~2/3 of the TTL) notices a
         # revoked lease within seconds in fault 3; production keeps the 1h default.
         vault.bootstrap(client, vault.Options(pg_admin_url=pg.admin_url("datalab"), nomad_addr=nomad.address,
-                                              redis_password=redis.password, default_ttl=LEASE_TTL))
+                                              default_ttl=LEASE_TTL))
+        # Redis with the ACL users bootstrap generated, as the redis job gets them from Vault.
+        passwords = {user: json.loads(vault.kv_json(client, f"datalab/redis/{user}"))["password"]
+                     for user in (*SERVICE_USERS, "admin")}
+        redis = Redis(root / "redis", free_ports(1)[0], passwords)
+        redis.start()
+        started.append(redis)
+        consul_register(consul, "redis", redis.port)
+        traefik = subprocess.run([str(venv / "bin" / "traefik"), "version"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        summary += [consul.version(), bao.version().split(" (")[0], nomad.version(),
+                    f"Traefik {traefik[traefik.index('Version:') + 1]}", pg.version(),
+                    redis.version().split(" sha=")[0]]
+        say("agents up, vault bootstrapped: " + "; ".join(summary))
         admin_password = client.secrets.kv.v2.read_secret_version(
             path="datalab/gateway", mount_point="kv", raise_on_deleted_version=True)["data"]["data"]["admin_password"]
 
@@ -153,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         summary += lines
         if not passed:
             return 1
+        # Every job ran as its own Redis ACL user: nothing it did may have been refused.
+        if denied := redis.acl_denials():
+            say(f"FAIL: Redis refused what a job did (core/redis_users.py lacks a rule): {denied}")
+            return 1
+        summary.append("redis: every job as its own ACL user, nothing refused")
         say("PASS")
         return 0
     finally:
@@ -168,14 +179,28 @@ def main(argv: list[str] | None = None) -> int:
             left = leftover_processes(root)
             if left:  # overrides the result: a run that leaks processes has not passed
                 raise SystemExit(f"[e2e] teardown left processes running: {left}")
-            say("teardown: no process left (no task as the datalab user, nothing under the run's directory)")
+            say("teardown: no process of this run left (none marked by it, under its directory or from its virtualenv)")
 
 
 def leftover_processes(root: Path) -> list[str]:
+    """This run's processes still alive: named by its directory or deploy virtualenv on their
+    command line, or carrying its marker. Another run's (a test platform's PostgreSQL, also
+    as the `datalab` user) is not this run's leak."""
     left = []
+    venv = str(REPO / ".tools" / "deploy-venv")
     for proc in psutil.process_iter(["pid", "username", "cmdline"]):
+        if proc.info["pid"] == os.getpid():
+            continue
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["pid"] != os.getpid() and (proc.info["username"] == RUN_AS or str(root) in cmdline):
+        mine = str(root) in cmdline or venv in cmdline
+        if not mine and proc.info["username"] == RUN_AS:
+            try:
+                mine = proc.environ().get(RUN_MARKER) == str(root)
+            except psutil.AccessDenied:
+                mine = True  # cannot tell: count it
+            except psutil.NoSuchProcess:
+                continue
+        if mine:
             left.append(f"{proc.info['pid']} {cmdline[:80]}")
     return left
 

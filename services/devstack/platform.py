@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from datalab.core.auth import generate_keypair, new_api_key
+from datalab.core.redis_users import USERS as REDIS_USERS
 from datalab.core.secrets import write_secret
 from datalab.core.settings import SERVICE_PORTS
 
@@ -46,6 +47,7 @@ class PlatformConfig:
     traefik_ping_port: int = 8089
     postgres_port: int = 55432
     redis_port: int = 56379
+    redis_maxmemory: str = "256mb"  # Valkey's memory limit (noeviction: see core/redis_users.py)
     service_ports: dict[str, int] = field(default_factory=lambda: dict(SERVICE_PORTS))
     services: list[str] = field(default_factory=lambda: list(DEFAULT_SERVICES))
     workers: int = 1  # RQ workers (run when compute is among the services)
@@ -76,6 +78,7 @@ class PlatformConfig:
             traefik_ping_port=int(env.get("DATALAB_TRAEFIK_PING_PORT", 8089)),
             postgres_port=int(env.get("DATALAB_POSTGRES_PORT", 55432)),
             redis_port=int(env.get("DATALAB_REDIS_PORT", 56379)),
+            redis_maxmemory=env.get("DATALAB_REDIS_MAXMEMORY", "256mb"),
             # DATALAB_GATEWAY_PORT ... DATALAB_VIZ_PORT, DATALAB_SERVICES=gateway,data: the
             # defaults are SERVICE_PORTS and all five (tests run `datalab up` off them).
             service_ports={n: int(env.get(f"DATALAB_{n.upper()}_PORT", port)) for n, port in SERVICE_PORTS.items()},
@@ -101,6 +104,11 @@ class PlatformConfig:
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.service_ports[service]}"
+
+
+def redis_secret_name(user: str) -> str:
+    """The file in the shared secrets dir holding Redis user `user`'s credential."""
+    return f"redis-{user}.json"
 
 
 def traefik_dynamic_config(config: PlatformConfig) -> dict:
@@ -179,7 +187,7 @@ class Platform:
 
     # -- first-run state ------------------------------------------------------------
 
-    def _ensure_secrets(self) -> dict[str, str]:
+    def _ensure_secrets(self) -> dict:
         """Generate development secrets once; later starts reuse them."""
         s = self.secrets_dir
         s.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -188,9 +196,17 @@ class Platform:
             private, public = generate_keypair()
             write_secret(s / "jwt_private_key.pem", private)
             write_secret(s / "jwt_public_key.pem", public)
-        for name in ("redis_password", "db_password"):
-            if not (s / name).exists():
-                write_secret(s / name, pysecrets.token_urlsafe(24))
+        if not (s / "db_password").exists():
+            write_secret(s / "db_password", pysecrets.token_urlsafe(24))
+        # One Redis ACL user per service (and the harness's admin), as Vault holds them in a
+        # deployment; the one shared password of earlier versions is gone.
+        (s / "redis_password").unlink(missing_ok=True)
+        redis_passwords = {}
+        for user in REDIS_USERS:
+            path = s / redis_secret_name(user)
+            if not path.exists():
+                write_secret(path, json.dumps({"username": user, "password": pysecrets.token_urlsafe(24)}))
+            redis_passwords[user] = json.loads(path.read_text())["password"]
         if not (s / "service_api_key").exists():
             write_secret(s / "service_api_key", new_api_key()[0])
         db_password = (s / "db_password").read_text().strip()
@@ -203,7 +219,7 @@ class Platform:
                 write_secret(admin_file, pysecrets.token_urlsafe(18))
                 self.admin_password_generated = True
             write_secret(s / "admin_password", admin_file.read_text().strip())
-        return {"db_password": db_password, "redis_password": (s / "redis_password").read_text().strip()}
+        return {"db_password": db_password, "redis_passwords": redis_passwords}
 
     def admin_password(self) -> str:
         return (self.secrets_dir / "admin_password").read_text().strip()
@@ -220,6 +236,7 @@ class Platform:
                 "DATALAB_SECRETS_DIR": str(self.secrets_dir),
                 "DATALAB_DATABASE_URL": f"postgresql+asyncpg://127.0.0.1:{c.postgres_port}/{APP_DB}",
                 "DATALAB_REDIS_URL": f"redis://127.0.0.1:{c.redis_port}/0",
+                "DATALAB_REDIS_SECRET": redis_secret_name(name),
                 "DATALAB_ADMIN_USER": c.admin_user,
                 "DATALAB_DISCOVERY": "static",
                 "PYTHONUNBUFFERED": "1",  # log lines reach the file as they happen
@@ -261,7 +278,7 @@ class Platform:
             self.processes.append(self.postgres.process)
             self.postgres.ensure_app_database(APP_DB, APP_DB_USER, generated["db_password"])
 
-            self.redis = Redis(c.home / "redis", c.redis_port, generated["redis_password"])
+            self.redis = Redis(c.home / "redis", c.redis_port, generated["redis_passwords"], c.redis_maxmemory)
             self.redis.process.pid_file = self.run_dir / "redis.pid"
             self.redis.start()
             self.processes.append(self.redis.process)
@@ -293,6 +310,7 @@ class Platform:
         port = c.worker_metrics_port + index
         env = self.service_env("compute")
         env.pop("DATALAB_PORT")
+        env["DATALAB_REDIS_SECRET"] = redis_secret_name("worker")
         env["DATALAB_WORKER_METRICS_PORT"] = str(port)
         self.processes = [p for p in self.processes if p.name != f"worker-{index}"]
         proc = Process(

@@ -399,10 +399,17 @@ def redis_binary() -> str:
 
 
 class Redis:
-    def __init__(self, root: Path, port: int, password: str):
+    """Valkey/Redis with DataLab's ACL users (datalab.core.redis_users): `default` off, one
+    user per service. `passwords` maps user names to passwords; `admin` must be among them
+    (the harness's own user). A memory limit with the noeviction policy (see MAXMEMORY_POLICY)."""
+
+    def __init__(self, root: Path, port: int, passwords: dict[str, str], maxmemory: str = "256mb"):
+        if "admin" not in passwords:
+            raise ValueError("the Redis harness needs the admin user's password")
         self.root = root
         self.port = port
-        self.password = password
+        self.passwords = dict(passwords)
+        self.maxmemory = maxmemory
         self.binary = redis_binary()
         conf = root / "redis.conf"
         self.process = Process("redis", [self.binary, str(conf)], root / "redis.log")
@@ -412,8 +419,10 @@ class Redis:
         return subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout.strip()
 
     def start(self, timeout: float = 15) -> None:
+        from datalab.core.redis_users import MAXMEMORY_POLICY, acl_lines
+
         self.root.mkdir(parents=True, exist_ok=True)
-        # The password goes in a 0600 config file, not on a command line `ps` can show.
+        # 0600, and passwords only as SHA-256: nothing a `ps` or a reader of the file can use.
         write_secret(
             self.conf,
             "\n".join(
@@ -421,21 +430,48 @@ class Redis:
                     "bind 127.0.0.1",
                     f"port {self.port}",
                     f"dir {self.root}",
-                    f"requirepass {self.password}",
                     "appendonly yes",
                     "protected-mode yes",
                     "daemonize no",
-                    "",
+                    f"maxmemory {self.maxmemory}",
+                    f"maxmemory-policy {MAXMEMORY_POLICY}",
+                    acl_lines(self.passwords),
                 ]
             ),
         )
         self.process.start()
         wait_until(self._ping, timeout, self.process, "answering PING")
 
-    def _ping(self) -> bool:
+    def client(self, user: str = "admin", **options):
+        """A synchronous client logged in as `user` (tests, tooling; services build their own)."""
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
+        return redis.Redis(host="127.0.0.1", port=self.port, username=user, password=self.passwords[user],
+                           **options)
+
+    # Refusals that are no missing rule: RQ's worker asks CLIENT LIST for its own address and
+    # does without it; tests that prove a refusal mark their clients (lib-name acl-test).
+    EXPECTED_DENIALS = {("worker", "command", "client|list")}
+
+    def acl_denials(self) -> list[tuple[str, str, str]]:
+        """(user, reason, object) of every refusal in the ACL log that nobody meant."""
+        client = self.client()
+        try:
+            entries = client.execute_command("ACL", "LOG", "128")
+        finally:
+            client.close()
+        found = []
+        for e in entries:
+            user, reason, obj = (e[k].decode() for k in (b"username", b"reason", b"object"))
+            if (user, reason, obj) in self.EXPECTED_DENIALS or b" lib-name=acl-test " in e[b"client-info"]:
+                continue
+            if reason == "auth" and user == "default":  # a test proving `default` is off
+                continue
+            found.append((user, reason, obj))
+        return found
+
+    def _ping(self) -> bool:
+        client = self.client(socket_timeout=1)
         try:
             return bool(client.ping())
         finally:

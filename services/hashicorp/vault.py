@@ -1,10 +1,13 @@
 """`datalab vault bootstrap`: everything DataLab needs from Vault (or OpenBao), idempotent.
 
-1. KV v2 at `kv/`: `datalab/shared` {jwt_public_key, redis_password}, `datalab/gateway`
+1. KV v2 at `kv/`: `datalab/shared` {jwt_public_key}, `datalab/gateway`
    {jwt_private_key, admin_password}, `datalab/platform` {service_api_key},
-   `datalab/postgres` {superuser_password} (for the postgres job). Missing values are
-   generated; existing ones are never overwritten (a Redis password given explicitly is the
-   one exception: it is the running Redis's).
+   `datalab/postgres` {superuser_password} (for the postgres job), `datalab/redis/<user>`
+   {username, password}, one Redis ACL user per service (core/redis_users.py; each
+   service's policy reads only its own) plus `admin` (operators; no policy reads it), and
+   `datalab/redis-server` {acl}: the `user` lines the redis job puts in its config, with
+   SHA-256 hashes only, rebuilt from those passwords and the rules on every run. Missing
+   values are generated; existing ones are never overwritten.
 2. PostgreSQL, as its superuser: a `vault` login role (CREATEROLE, not superuser), and per
    service with tables (gateway, data, ai) a NOLOGIN `<svc>_owner` role owning schema
    `<svc>`, granted to `vault` WITH ADMIN OPTION.
@@ -51,6 +54,7 @@ import hvac.exceptions
 import requests
 
 from datalab.core.auth import generate_keypair, new_api_key
+from datalab.core.redis_users import SERVICE_USERS, acl_lines
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "config" / "vault" / "policies"
 DB_SERVICES = ("gateway", "data", "ai")  # the services with tables
@@ -64,6 +68,7 @@ JOBS = {  # Vault JWT role nomad-<key> -> the Nomad jobs allowed to use it (poli
     "redis": ["redis"],
 }
 KV_MOUNT = "kv"
+REDIS_SERVER_PATH = "datalab/redis-server"  # the redis job's ACL (hashes only)
 DB_MOUNT = "database"
 JWT_MOUNT = "jwt-nomad"
 CONNECTION = "datalab"
@@ -85,7 +90,6 @@ class Options:
     database: str = "datalab"
     nomad_addr: str | None = None
     vault_db_password: str | None = None  # the vault role's initial password (rotated away at once)
-    redis_password: str | None = None
     admin_password: str | None = None
     default_ttl: str = "1h"
     max_ttl: str = "24h"
@@ -289,8 +293,7 @@ def ensure_kv(client: hvac.Client, opts: Options, report: Report) -> None:
         report.add("kv v2 engine at kv/", "unchanged")
     private, public = generate_keypair()
     wanted = {
-        "datalab/shared": {"jwt_public_key": public,
-                           "redis_password": opts.redis_password or pysecrets.token_urlsafe(24)},
+        "datalab/shared": {"jwt_public_key": public},
         "datalab/gateway": {"jwt_private_key": private,
                             "admin_password": opts.admin_password or pysecrets.token_urlsafe(18)},
         "datalab/platform": {"service_api_key": new_api_key()[0]},
@@ -305,15 +308,41 @@ def ensure_kv(client: hvac.Client, opts: Options, report: Report) -> None:
         merged = {**values, **current}  # existing values win
         if not pair_kept:
             merged.update({k: v for k, v in values.items() if k in ("jwt_public_key", "jwt_private_key")})
-        if opts.redis_password and path == "datalab/shared":
-            merged["redis_password"] = opts.redis_password  # the running Redis's, when given
+        if path == "datalab/shared":
+            # Before per-service Redis users, one password every service could read; the
+            # redis job no longer accepts it, so it goes rather than lingering.
+            merged.pop("redis_password", None)
         if merged != current:
             client.secrets.kv.v2.create_or_update_secret(path=path, secret=merged, mount_point=KV_MOUNT)
-            added = sorted(set(merged) - set(current))
-            report.add(f"kv/{path} ({', '.join(added) if added else 'values given on the command line'})",
-                       "created" if not current else "updated")
+            added, removed = sorted(set(merged) - set(current)), sorted(set(current) - set(merged))
+            what = ", ".join(added + [f"-{k}" for k in removed]) or "values replaced"
+            report.add(f"kv/{path} ({what})", "created" if not current else "updated")
         else:
             report.add(f"kv/{path}", "unchanged")
+    ensure_redis_users(client, report)
+
+
+def ensure_redis_users(client: hvac.Client, report: Report) -> None:
+    """kv/datalab/redis/<user> for every ACL user, and the redis job's ACL built from them."""
+    passwords = {}
+    for user in (*SERVICE_USERS, "admin"):
+        path = f"datalab/redis/{user}"
+        current = _kv_read(client, path)
+        if current.get("username") == user and current.get("password"):
+            report.add(f"kv/{path}", "unchanged")
+        else:
+            current = {"username": user, "password": pysecrets.token_urlsafe(24)}
+            client.secrets.kv.v2.create_or_update_secret(path=path, secret=current, mount_point=KV_MOUNT)
+            report.add(f"kv/{path} (username, password)", "created")
+        passwords[user] = current["password"]
+    wanted = {"acl": acl_lines(passwords)}
+    current = _kv_read(client, REDIS_SERVER_PATH)
+    if current != wanted:
+        client.secrets.kv.v2.create_or_update_secret(path=REDIS_SERVER_PATH, secret=wanted, mount_point=KV_MOUNT)
+        report.add(f"kv/{REDIS_SERVER_PATH} (acl: {len(passwords)} users, default off)",
+                   "created" if not current else "updated")
+    else:
+        report.add(f"kv/{REDIS_SERVER_PATH}", "unchanged")
 
 
 def ensure_database(client: hvac.Client, opts: Options, report: Report) -> int:
@@ -498,7 +527,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault-db-password-file", help="the vault role's initial password, set when bootstrap creates "
                    "the role or (re)configures Vault's connection, then rotated away at once "
                    "(default: $DATALAB_VAULT_DB_PASSWORD, else generated)")
-    p.add_argument("--redis-password-file", help="the running Redis's password, stored in kv/datalab/shared")
     p.add_argument("--admin-password-file", help="the first admin's password (default: generated)")
     p.add_argument("--default-ttl", default="1h", help="database credentials' default TTL (default: 1h)")
     p.add_argument("--max-ttl", default="24h", help="database credentials' max TTL (default: 24h)")
@@ -527,7 +555,6 @@ def run(args: argparse.Namespace) -> int:
             pg_admin_url=pg_admin_url, pg_host_for_vault=args.pg_host_for_vault, pg_sslmode=args.pg_sslmode,
             database=args.database, nomad_addr=args.nomad_addr,
             vault_db_password=_secret_arg(None, args.vault_db_password_file, "DATALAB_VAULT_DB_PASSWORD"),
-            redis_password=_secret_arg(None, args.redis_password_file, None),
             admin_password=_secret_arg(None, args.admin_password_file, None),
             default_ttl=args.default_ttl, max_ttl=args.max_ttl,
         )

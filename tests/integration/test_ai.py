@@ -149,12 +149,11 @@ def _cache_misses(platform) -> float:
 def test_deletion_feed_drops_cached_models(platform, http, owner, line_model):
     """Predict trusts the cache; a delete through any ai instance is published on Redis and
     every instance drops the model. Here: the one instance hears it and reloads the model."""
-    import redis
 
     url = f"{MODELS}/{line_model['id']}/predict"
     assert http.post(url, headers=owner, json={"rows": [{"x": 1}]}).status_code == 200  # cached
     before = _cache_misses(platform)
-    r = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+    r = platform.redis.client()
     assert r.publish("dl:events:model-deleted", line_model["id"]) >= 1  # the ai instance listens
 
     def reloaded() -> bool:
@@ -417,6 +416,7 @@ async def test_async_training_without_compute_is_503_and_leaves_nothing(platform
     settings = AiSettings(
         home=platform.config.home, secrets_dir=platform.secrets_dir,
         database_url=env["DATALAB_DATABASE_URL"], redis_url=env["DATALAB_REDIS_URL"],
+        redis_secret=env["DATALAB_REDIS_SECRET"],
         static_services=table,
     )
     app = build_app(settings)

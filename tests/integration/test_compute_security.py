@@ -7,7 +7,6 @@ import time
 import uuid
 
 import pytest
-import redis
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -70,8 +69,9 @@ def bob(user_factory):
 
 @pytest.fixture(scope="module")
 def rq_redis(platform):
-    password = (platform.config.home / "secrets" / "redis_password").read_text().strip()
-    conn = redis.Redis(host="127.0.0.1", port=platform.config.redis_port, password=password)
+    # The compute credential: with per-service Redis users only compute and the workers
+    # can write RQ's keys at all (test_redis_acl.py); the worker must still refuse.
+    conn = platform.redis.client("compute")
     yield conn
     conn.close()
 

@@ -62,9 +62,8 @@ def test_query_is_cached_until_delete(http, owner, platform):
     second = http.post(url, json=body, headers=owner)
     assert second.headers["X-Cache"] == "hit" and second.json() == first.json()
 
-    import redis
 
-    r = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+    r = platform.redis.client()
     assert r.keys(f"dl:q:{ds['id']}:*")
     assert http.delete(f"/api/v1/data/datasets/{ds['id']}", headers=owner).status_code == 204
     assert r.keys(f"dl:q:{ds['id']}:*") == []
@@ -191,11 +190,10 @@ def test_content_is_the_dataset_as_parquet(http, owner, user_factory):
 
 
 def test_delete_publishes_an_event(http, owner, platform):
-    import redis
 
     from datalab.core import events
 
-    r = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+    r = platform.redis.client()
     sub = r.pubsub()
     sub.subscribe(events.DATASET_DELETED)
     sub.get_message(timeout=2)  # the subscribe confirmation

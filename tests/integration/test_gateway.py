@@ -4,7 +4,6 @@ import time
 
 import httpx
 import pytest
-import redis
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +69,7 @@ def test_user_rate_limit_answers_429_with_retry_after(http, platform, user_facto
     _, _, headers = user_factory("limited")
     me = http.get("/api/v1/auth/me", headers=headers).json()
     # Fill this user's current window in the real Redis, as 600 requests would.
-    client = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+    client = platform.redis.client()
     window = int(time.time()) // 60 * 60
     for w in (window, window + 60):  # in case the minute turns during the test
         client.set(f"dl:rl:user:{me['id']}:{w}", 10_000, ex=120)

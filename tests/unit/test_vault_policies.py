@@ -17,14 +17,16 @@ def test_one_policy_per_job_role():
 def test_each_service_reads_only_its_own_paths():
     token = {"auth/token/renew-self", "auth/token/lookup-self"}
     shared = {"kv/data/datalab/shared"}
+    redis = "kv/data/datalab/redis/{}".format  # each service's own Redis ACL user, no other's
     expected = {
-        "gateway": shared | {"kv/data/datalab/gateway", "kv/data/datalab/platform", "database/creds/gateway"},
-        "data": shared | {"database/creds/data"},
-        "ai": shared | {"database/creds/ai"},
-        "compute": shared | {"kv/data/datalab/platform"},
-        "viz": shared,
+        "gateway": shared | {"kv/data/datalab/gateway", "kv/data/datalab/platform", "database/creds/gateway",
+                             redis("gateway")},
+        "data": shared | {"database/creds/data", redis("data")},
+        "ai": shared | {"database/creds/ai", redis("ai")},
+        "compute": shared | {"kv/data/datalab/platform", redis("compute"), redis("worker")},
+        "viz": shared | {redis("viz")},
         "postgres": {"kv/data/datalab/postgres"},
-        "redis": shared,
+        "redis": {"kv/data/datalab/redis-server"},  # the ACL (hashes), no service's password
     }
     for service, wanted in expected.items():
         assert paths(service) == wanted | token, service

@@ -9,6 +9,11 @@ path "database/creds/ai" {
   capabilities = ["read"]
 }
 
+# Its own Redis ACL user (core/redis_users.py), no other service's.
+path "kv/data/datalab/redis/ai" {
+  capabilities = ["read"]
+}
+
 # Nomad renews the token it derived from the workload identity.
 path "auth/token/renew-self" {
   capabilities = ["update"]

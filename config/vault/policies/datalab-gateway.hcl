@@ -17,6 +17,11 @@ path "database/creds/gateway" {
   capabilities = ["read"]
 }
 
+# Its own Redis ACL user (core/redis_users.py), no other service's.
+path "kv/data/datalab/redis/gateway" {
+  capabilities = ["read"]
+}
+
 # Nomad renews the token it derived from the workload identity.
 path "auth/token/renew-self" {
   capabilities = ["update"]

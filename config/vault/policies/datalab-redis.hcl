@@ -1,6 +1,7 @@
-# datalab-redis: the redis job reads the password it requires of clients. Nothing else.
+# datalab-redis: the redis job reads its ACL (`user` lines, password hashes only). Nothing
+# else: not the services' passwords, not the shared secrets.
 
-path "kv/data/datalab/shared" {
+path "kv/data/datalab/redis-server" {
   capabilities = ["read"]
 }
 

@@ -4,6 +4,11 @@ path "kv/data/datalab/shared" {
   capabilities = ["read"]
 }
 
+# Its own Redis ACL user (core/redis_users.py), no other service's.
+path "kv/data/datalab/redis/viz" {
+  capabilities = ["read"]
+}
+
 # Nomad renews the token it derived from the workload identity.
 path "auth/token/renew-self" {
   capabilities = ["update"]
