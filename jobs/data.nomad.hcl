@@ -259,6 +259,9 @@ job "data" {
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level
+        # The upload conversion's child process may use half the task's memory: a value
+        # bomb is refused there (413) before the cgroup's OOM killer picks the service.
+        DATALAB_DECODE_MEMORY_BYTES = local.resources.memory * 1024 * 1024 / 2
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

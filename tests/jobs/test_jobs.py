@@ -337,3 +337,14 @@ def test_nomad_fmt_is_clean():
     out = subprocess.run([NOMAD, "fmt", "-check", "-recursive", str(ROOT / "jobs"), str(ROOT / "config" / "nomad")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"not `nomad fmt`-formatted:\n{out.stdout}{out.stderr}"
+
+
+@needs_nomad
+@pytest.mark.parametrize("var_file", ["local.hcl", "vagrant.hcl", "production.hcl"])
+def test_data_decode_child_fits_inside_the_task_memory(var_file):
+    """The upload conversion's memory cap is below the task's, so a value bomb is refused
+    by the cap (413), not by the cgroup's OOM killer taking the service."""
+    job = rendered(ROOT / "jobs" / "data.nomad.hcl", ROOT / "jobs" / "vars" / var_file)
+    (task,) = job["TaskGroups"][0]["Tasks"]
+    cap = int(task["Env"]["DATALAB_DECODE_MEMORY_BYTES"])
+    assert 0 < cap <= task["Resources"]["MemoryMB"] * 1024 * 1024 // 2
