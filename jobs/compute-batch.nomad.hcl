@@ -165,8 +165,10 @@ job "compute-batch" {
         file = "payload.json"
       }
 
+      # The workers' role (bound on this job and task name): the platform API key and the
+      # workers' Redis user.
       vault {
-        role         = "nomad-compute"
+        role         = "nomad-compute-worker"
         change_mode  = "noop" # a one-job run: a re-rendered secret can wait for the next
         env          = false
         disable_file = true # nor a secrets/vault_token file: templates use Nomad's own copy

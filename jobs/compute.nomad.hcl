@@ -250,6 +250,7 @@ job "compute" {
         }
       }
 
+      # This task's own role (bound on nomad_task too): no platform API key, no workers' Redis user.
       vault {
         role         = "nomad-compute"
         change_mode  = "restart"
@@ -403,8 +404,9 @@ job "compute" {
         }
       }
 
+      # The workers' role (bound on this task's name): the platform API key and their Redis user.
       vault {
-        role         = "nomad-compute"
+        role         = "nomad-compute-worker"
         change_mode  = "restart"
         env          = false # the app reads rendered files, never Vault itself
         disable_file = true  # nor a secrets/vault_token file: templates use Nomad's own copy

@@ -18,7 +18,8 @@
    the user's sessions, reassigns/drops what it owns and drops the role.
 4. Policies from config/vault/policies/ (each service reads only its own paths).
 5. With a Nomad address: JWT auth at `jwt-nomad/` for Nomad workload identity, one role per
-   job bound on `nomad_job_id`; without one the step is skipped, saying why.
+   job bound on `nomad_job_id` (compute's: per task, on `nomad_task` too: the API and the
+   workers); without one the step is skipped, saying why.
 
 PostgreSQL 15 and >= 16 differ in what CREATEROLE gives the creator. Since 16 the creator is
 no longer a member of the roles it creates, so `vault` gets `createrole_self_grant = 'set,
@@ -58,14 +59,21 @@ from datalab.core.redis_users import SERVICE_USERS, acl_lines
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "config" / "vault" / "policies"
 DB_SERVICES = ("gateway", "data", "ai")  # the services with tables
-JOBS = {  # Vault JWT role nomad-<key> -> the Nomad jobs allowed to use it (policy datalab-<key>)
-    "gateway": ["gateway"],
-    "data": ["data"],
-    "ai": ["ai"],
-    "compute": ["compute", "compute-batch"],  # dispatched children carry the parent's job id
-    "viz": ["viz"],
-    "postgres": ["postgres"],  # the infra jobs (clusters; `make e2e` runs host processes)
-    "redis": ["redis"],
+# Vault JWT role nomad-<key> (policy datalab-<key>) -> the workload-identity claims it is
+# bound to. Vault requires every claim named to match, each against any value of its list.
+ROLES = {
+    "gateway": {"nomad_job_id": ["gateway"]},
+    "data": {"nomad_job_id": ["data"]},
+    "ai": {"nomad_job_id": ["ai"]},
+    # compute's API task only: it queues jobs, so it reads neither the platform API key nor
+    # the workers' Redis user.
+    "compute": {"nomad_job_id": ["compute"], "nomad_task": ["compute"]},
+    # The workers: compute's "worker" task and compute-batch's "job" task (dispatched
+    # children carry the parent's job id).
+    "compute-worker": {"nomad_job_id": ["compute", "compute-batch"], "nomad_task": ["worker", "job"]},
+    "viz": {"nomad_job_id": ["viz"]},
+    "postgres": {"nomad_job_id": ["postgres"]},  # the infra jobs (clusters; `make e2e` runs host processes)
+    "redis": {"nomad_job_id": ["redis"]},
 }
 KV_MOUNT = "kv"
 REDIS_SERVER_PATH = "datalab/redis-server"  # the redis job's ACL (hashes only)
@@ -440,8 +448,9 @@ def jwt_roles() -> dict[str, dict]:
         "token_explicit_max_ttl": 0,  # Nomad renews; a max TTL would cut running tasks off
     }
     roles = {DEFAULT_ROLE: {**base, "token_policies": DEFAULT_ROLE_POLICIES}}
-    for svc, jobs in JOBS.items():
-        roles[f"nomad-{svc}"] = {**base, "bound_claims": {"nomad_job_id": jobs}, "token_policies": [f"datalab-{svc}"]}
+    for key, claims in ROLES.items():
+        roles[f"nomad-{key}"] = {**base, "bound_claims_type": "string", "bound_claims": claims,
+                                 "token_policies": [f"datalab-{key}"]}
     return roles
 
 

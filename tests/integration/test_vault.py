@@ -210,6 +210,7 @@ def test_first_run_creates_everything_and_prints_no_secret(stack):
         assert outcomes[f"database role {svc} (ttl 1h, max 24h)"] == "created"
         assert outcomes[f"postgres role {svc}_owner (NOLOGIN) owning schema {svc}"] == "created"
     assert outcomes["jwt role nomad-compute -> datalab-compute"] == "created"
+    assert outcomes["jwt role nomad-compute-worker -> datalab-compute-worker"] == "created"
     for value in _secret_values(stack.client) + [stack.initial_vault_password, stack.pg.superuser_password]:
         assert value not in stack.first_output
     # No Redis password every service can read: one ACL user each, and the server's ACL.
@@ -367,8 +368,8 @@ OWN_PATHS = {
                 "database/creds/gateway", "kv/data/datalab/redis/gateway"],
     "data": ["kv/data/datalab/shared", "database/creds/data", "kv/data/datalab/redis/data"],
     "ai": ["kv/data/datalab/shared", "database/creds/ai", "kv/data/datalab/redis/ai"],
-    "compute": ["kv/data/datalab/shared", "kv/data/datalab/platform", "kv/data/datalab/redis/compute",
-                "kv/data/datalab/redis/worker"],
+    "compute": ["kv/data/datalab/shared", "kv/data/datalab/redis/compute"],
+    "compute-worker": ["kv/data/datalab/shared", "kv/data/datalab/platform", "kv/data/datalab/redis/worker"],
     "viz": ["kv/data/datalab/shared", "kv/data/datalab/redis/viz"],
     "redis": ["kv/data/datalab/redis-server"],
 }
@@ -393,10 +394,10 @@ def test_each_policy_reads_its_own_paths_and_nothing_else(stack, svc):
 
 def test_no_identity_reads_another_services_redis_credential(stack):
     """The Redis credential is the key to the queue (and so to the worker): viz, data, ai and
-    the gateway each read their own and are refused every other; only compute reads the
-    workers'. The redis job reads the ACL (hashes), no password; nobody reads the admin's."""
+    the gateway each read their own and are refused every other; only the compute workers read
+    the workers'. The redis job reads the ACL (hashes), no password; nobody reads the admin's."""
     owners = {"gateway": {"gateway"}, "data": {"data"}, "ai": {"ai"}, "viz": {"viz"},
-              "compute": {"compute", "worker"}, "redis": set()}
+              "compute": {"compute"}, "compute-worker": {"worker"}, "redis": set()}
     for svc, own in owners.items():
         client = stack.token_for(svc)
         for user in REDIS_USERS:
@@ -453,13 +454,73 @@ def test_workload_identity_gets_the_job_policy_only(stack):
     # A job cannot take another job's role (bound_claims on nomad_job_id).
     with pytest.raises((hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
         login("data", "nomad-gateway")
-    # compute's role also takes the dispatched compute-batch job.
-    assert "datalab-compute" in login("compute-batch", "nomad-compute")["token_policies"]
+    # The workers' role also takes the dispatched compute-batch job's task.
+    batch = jwt_auth.jwt_login(role="nomad-compute-worker", jwt=stack.nomad.identity("compute-batch", task="job"),
+                               use_token=False, path=vault.JWT_MOUNT)["auth"]
+    assert "datalab-compute-worker" in batch["token_policies"]
     # No role named: the default role, with nothing of DataLab's.
     default = login("some-other-job", None)
     assert not [p for p in default["token_policies"] if p.startswith("datalab-")]
     with pytest.raises(hvac.exceptions.Forbidden):
         hvac.Client(url=stack.client.url, token=default["client_token"]).read("kv/data/datalab/shared")
+
+
+def test_compute_api_identity_is_refused_the_platform_key_and_the_workers_redis_user(stack):
+    """The compute API task only queues jobs: its identity (job compute, task compute) gets a
+    token that is refused the platform API key and the workers' Redis user, and it cannot
+    take the workers' role. The worker tasks' identities read both."""
+    def login(role: str, job: str, task: str) -> hvac.Client:
+        auth = stack.client.auth.jwt.jwt_login(role=role, jwt=stack.nomad.identity(job, task=task),
+                                               use_token=False, path=vault.JWT_MOUNT)["auth"]
+        return hvac.Client(url=stack.client.url, token=auth["client_token"])
+
+    api = login("nomad-compute", "compute", "compute")
+    assert api.read("kv/data/datalab/redis/compute")["data"]["data"]["username"] == "compute"
+    assert api.read("kv/data/datalab/shared")["data"]["data"]["jwt_public_key"]
+    for path in ("kv/data/datalab/platform", "kv/data/datalab/redis/worker"):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            api.read(path)
+    # Bound on the task name too: the API task cannot log in as a worker, nor a worker
+    # (or another job's task named "compute") as the API.
+    for role, job, task in (("nomad-compute-worker", "compute", "compute"), ("nomad-compute", "compute", "worker"),
+                            ("nomad-compute", "compute-batch", "compute"), ("nomad-compute-worker", "viz", "worker")):
+        with pytest.raises((hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
+            login(role, job, task)
+
+    platform = json.loads(vault.kv_json(stack.client, "datalab/platform"))["service_api_key"]
+    for job, task in (("compute", "worker"), ("compute-batch", "job")):
+        worker = login("nomad-compute-worker", job, task)
+        assert worker.read("kv/data/datalab/platform")["data"]["data"]["service_api_key"] == platform
+        assert worker.read("kv/data/datalab/redis/worker")["data"]["data"]["username"] == "worker"
+        with pytest.raises(hvac.exceptions.Forbidden):
+            worker.read("kv/data/datalab/redis/compute")
+
+
+def test_an_older_compute_role_is_narrowed_in_place(stack):
+    """Before the split, nomad-compute took every task of compute and compute-batch and its
+    policy read the platform key: bootstrap updates both (idempotently) and the API's identity
+    loses the key at once, tokens it already holds included."""
+    old_policy = (vault.POLICY_DIR / "datalab-compute.hcl").read_text() + (
+        '\npath "kv/data/datalab/platform" {\n  capabilities = ["read"]\n}\n')
+    stack.client.sys.create_or_update_acl_policy("datalab-compute", old_policy)
+    old_role = {**vault.jwt_roles()["nomad-compute"], "bound_claims": {"nomad_job_id": ["compute", "compute-batch"]}}
+    stack.client.write_data(f"auth/{vault.JWT_MOUNT}/role/nomad-compute", data=old_role)
+    stack.client.delete(f"auth/{vault.JWT_MOUNT}/role/nomad-compute-worker")
+    auth = stack.client.auth.jwt.jwt_login(role="nomad-compute", jwt=stack.nomad.identity("compute", task="worker"),
+                                           use_token=False, path=vault.JWT_MOUNT)["auth"]
+    held = hvac.Client(url=stack.client.url, token=auth["client_token"])
+    assert held.read("kv/data/datalab/platform")  # the old grant
+
+    outcomes = dict(vault.bootstrap(stack.client, stack.opts).lines)
+    assert outcomes["policy datalab-compute"] == "updated"
+    assert outcomes["jwt role nomad-compute -> datalab-compute"] == "updated"
+    assert outcomes["jwt role nomad-compute-worker -> datalab-compute-worker"] == "created"
+    with pytest.raises(hvac.exceptions.Forbidden):
+        held.read("kv/data/datalab/platform")
+    with pytest.raises((hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
+        stack.client.auth.jwt.jwt_login(role="nomad-compute", jwt=stack.nomad.identity("compute", task="worker"),
+                                        use_token=False, path=vault.JWT_MOUNT)
+    assert not vault.bootstrap(stack.client, stack.opts).changed  # and then nothing more to do
 
 
 def _nomad_binary():

@@ -13,6 +13,7 @@ import hcl2
 import pytest
 
 from datalab.devstack.hashistack import find_binary
+from datalab.hashicorp import vault
 from hcl_plain import plain
 from traefik_config import assert_entrypoint_timeouts
 
@@ -121,7 +122,10 @@ def test_each_task_has_its_own_vault_role_and_the_right_secrets(path):
                 assert "vault" not in task
                 continue
             vault = task["vault"][0]
-            role = {"compute-batch": "nomad-compute"}.get(name, f"nomad-{name}")
+            # compute's workers (and dispatched batch runs) have their own role: the API's
+            # holds no platform API key.
+            worker = (name, task_name) in (("compute", "worker"), ("compute-batch", "job"))
+            role = "nomad-compute-worker" if worker else f"nomad-{name}"
             assert vault["role"] == role and vault.get("env") is False
             assert vault.get("disable_file") is True  # no secrets/vault_token: the app never uses it
             templates = {t["destination"]: t for t in task.get("template", [])}
@@ -165,6 +169,46 @@ def test_compute_api_has_a_nomad_identity_file_for_dispatch():
     api = tasks(groups(body)["api"])["compute"]
     assert api["identity"][0]["file"] is True  # secrets/nomad_token, read by NomadDispatcher
     assert "identity" not in tasks(groups(body)["workers"])["worker"]
+
+
+def _policy_paths(policy: str) -> set[str]:
+    doc = hcl2.loads((vault.POLICY_DIR / f"{policy}.hcl").read_text())
+    return {k.strip('"') for block in doc["path"] for k in block if not k.startswith("__")}
+
+
+def test_each_vault_role_grants_exactly_what_its_tasks_render():
+    """Least privilege across the three files: the policy of each task's Vault role reads the
+    secrets its tasks' templates render and nothing more, and the role's bound claims admit
+    those tasks (job id and, where bound, task name) and no other task of those jobs."""
+    roles = vault.jwt_roles()
+    reads: dict[str, set[str]] = {}
+    users: dict[str, set[tuple[str, str]]] = {}
+    every: set[tuple[str, str]] = set()
+    for path in JOBS:
+        name, body = job_body(path)
+        for group in groups(body).values():
+            for task_name, task in tasks(group).items():
+                every.add((name, task_name))
+                if "vault" not in task:
+                    continue
+                role = task["vault"][0]["role"]
+                secrets = {m for t in task.get("template", [])
+                           for m in re.findall(r'secret "([^"]+)"', t["data"].replace('\\"', '"'))}
+                reads.setdefault(role, set()).update(secrets)
+                users.setdefault(role, set()).add((name, task_name))
+    token = {"auth/token/renew-self", "auth/token/lookup-self"}
+    assert set(reads) == set(roles) - {vault.DEFAULT_ROLE}
+    for role, paths in reads.items():
+        (policy,) = roles[role]["token_policies"]
+        assert _policy_paths(policy) == paths | token, role
+
+        def admits(job: str, task: str, claims=roles[role]["bound_claims"]) -> bool:
+            got = {"nomad_job_id": job, "nomad_task": task}
+            return all(got[claim] in values for claim, values in claims.items())
+
+        assert {t for t in every if admits(*t)} == users[role], role
+    # The point of the split: the API task's identity reads no platform key, no worker's user.
+    assert reads["nomad-compute"] == {"kv/data/datalab/shared", "kv/data/datalab/redis/compute"}
 
 
 def test_only_compute_workers_hold_the_platform_api_key():

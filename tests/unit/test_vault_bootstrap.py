@@ -30,7 +30,7 @@ def test_role_statements_follow_the_owner_role_pattern(version):
 
 def test_jwt_roles_follow_the_workload_identity_conventions():
     roles = vault.jwt_roles()
-    assert set(roles) == {"nomad-workloads"} | {f"nomad-{s}" for s in vault.JOBS}
+    assert set(roles) == {"nomad-workloads"} | {f"nomad-{s}" for s in vault.ROLES}
     for name, role in roles.items():
         assert role["role_type"] == "jwt" and role["bound_audiences"] == ["vault.io"]
         assert role["user_claim"] == "/nomad_job_id" and role["user_claim_json_pointer"] is True
@@ -38,12 +38,24 @@ def test_jwt_roles_follow_the_workload_identity_conventions():
         assert role["token_type"] == "service" and role["token_period"] == "30m"
         assert role["token_explicit_max_ttl"] == 0
         if name != "nomad-workloads":
-            svc = name.removeprefix("nomad-")
-            assert role["token_policies"] == [f"datalab-{svc}"]
-            assert role["bound_claims"] == {"nomad_job_id": vault.JOBS[svc]}
+            key = name.removeprefix("nomad-")
+            assert role["token_policies"] == [f"datalab-{key}"]
+            assert role["bound_claims"] == vault.ROLES[key] and role["bound_claims_type"] == "string"
+            assert role["bound_claims"]["nomad_job_id"], name  # never a role any job can take
     assert roles["nomad-workloads"]["token_policies"] == ["default"] and "bound_claims" not in roles["nomad-workloads"]
-    assert roles["nomad-compute"]["bound_claims"]["nomad_job_id"] == ["compute", "compute-batch"]
     assert {f"nomad-{s}" for s in ("gateway", "data", "ai", "compute", "viz")} <= set(roles)
+
+
+def test_compute_api_and_workers_have_separate_roles():
+    """The compute API task's identity cannot take the workers' role (the platform API key):
+    both compute roles are bound on the task name as well as the job."""
+    roles = vault.jwt_roles()
+    api, workers = roles["nomad-compute"], roles["nomad-compute-worker"]
+    assert api["bound_claims"] == {"nomad_job_id": ["compute"], "nomad_task": ["compute"]}
+    assert api["token_policies"] == ["datalab-compute"]
+    assert workers["bound_claims"] == {"nomad_job_id": ["compute", "compute-batch"], "nomad_task": ["worker", "job"]}
+    assert workers["token_policies"] == ["datalab-compute-worker"]
+    assert not set(api["bound_claims"]["nomad_task"]) & set(workers["bound_claims"]["nomad_task"])
 
 
 def test_scram_verifier_is_what_postgres_computes():

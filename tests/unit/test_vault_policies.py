@@ -2,7 +2,7 @@
 
 import hcl2
 
-from datalab.hashicorp.vault import DB_SERVICES, JOBS, POLICY_DIR
+from datalab.hashicorp.vault import DB_SERVICES, POLICY_DIR, ROLES
 
 
 def paths(service: str) -> set[str]:
@@ -11,7 +11,7 @@ def paths(service: str) -> set[str]:
 
 
 def test_one_policy_per_job_role():
-    assert {p.stem for p in POLICY_DIR.glob("*.hcl")} == {f"datalab-{s}" for s in JOBS}
+    assert {p.stem for p in POLICY_DIR.glob("*.hcl")} == {f"datalab-{s}" for s in ROLES}
 
 
 def test_each_service_reads_only_its_own_paths():
@@ -23,11 +23,14 @@ def test_each_service_reads_only_its_own_paths():
                              redis("gateway")},
         "data": shared | {"database/creds/data", redis("data")},
         "ai": shared | {"database/creds/ai", redis("ai")},
-        "compute": shared | {"kv/data/datalab/platform", redis("compute"), redis("worker")},
+        # The API queues jobs: no platform API key, no worker's Redis user. The workers do.
+        "compute": shared | {redis("compute")},
+        "compute-worker": shared | {"kv/data/datalab/platform", redis("worker")},
         "viz": shared | {redis("viz")},
         "postgres": {"kv/data/datalab/postgres"},
         "redis": {"kv/data/datalab/redis-server"},  # the ACL (hashes), no service's password
     }
+    assert set(expected) == set(ROLES)
     for service, wanted in expected.items():
         assert paths(service) == wanted | token, service
     assert set(DB_SERVICES) == {"gateway", "data", "ai"}

@@ -1,19 +1,13 @@
-# datalab-compute: what the compute job's workload identity may read. Nothing else.
+# datalab-compute: what the compute API task's workload identity may read. Nothing else:
+# it only queues jobs, so neither the platform API key nor the workers' Redis user
+# (datalab-compute-worker has those).
 
 path "kv/data/datalab/shared" {
   capabilities = ["read"]
 }
 
-path "kv/data/datalab/platform" {
-  capabilities = ["read"]
-}
-
-# Its own Redis ACL users: the API's and the workers' (compute-batch runs as a worker).
+# Its own Redis ACL user.
 path "kv/data/datalab/redis/compute" {
-  capabilities = ["read"]
-}
-
-path "kv/data/datalab/redis/worker" {
   capabilities = ["read"]
 }
 
