@@ -45,6 +45,8 @@ class ServiceSpec:
     on_shutdown: list[Hook] = field(default_factory=list)
     # Extra readiness checks: name -> coroutine raising when the dependency is not usable.
     ready_checks: dict[str, Callable[[FastAPI], Awaitable[None]]] = field(default_factory=dict)
+    # Where its docs and OpenAPI live: under the prefix Traefik routes to it.
+    api_prefix: str | None = None  # default /api/v1/{name}
 
 
 def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
@@ -74,11 +76,12 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
             if state.engine is not None:
                 await state.engine.dispose()
 
+    prefix = spec.api_prefix or f"/api/v1/{spec.name}"
     app = FastAPI(
         title=f"DataLab {spec.name}",
         lifespan=lifespan,
-        docs_url=f"/api/v1/{spec.name}/docs",
-        openapi_url=f"/api/v1/{spec.name}/openapi.json",
+        docs_url=f"{prefix}/docs",
+        openapi_url=f"{prefix}/openapi.json",
         redoc_url=None,
     )
     app.state.settings = settings

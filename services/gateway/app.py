@@ -175,8 +175,9 @@ async def _password_ok(password_hash: str, password: str) -> bool:
 class LoginForm:
     """The OAuth2 password form (username, password), NUL refused before any lookup."""
 
-    def __init__(self, username: Annotated[str, Form(max_length=256)],
-                 password: Annotated[str, Form(max_length=1024)]):
+    # min_length: an empty form field is a missing one to FastAPI ("Field required").
+    def __init__(self, username: Annotated[str, Form(min_length=1, max_length=256)],
+                 password: Annotated[str, Form(min_length=1, max_length=1024)]):
         if "\x00" in username or "\x00" in password:
             raise Problem(422, "The user name and password must not contain a NUL character.")
         self.username = username
@@ -434,7 +435,8 @@ async def _ensure_service_account(app: FastAPI, settings: GatewaySettings) -> No
     await app.state.key_cache.forget(prefix)  # the row may have changed (un-revoked)
 
 
-SPEC = ServiceSpec(name="gateway", routers=[router, internal], metadata=Base.metadata, on_startup=[_startup])
+SPEC = ServiceSpec(name="gateway", routers=[router, internal], metadata=Base.metadata, on_startup=[_startup],
+                   api_prefix=router.prefix)  # Traefik routes /api/v1/auth here, docs included
 
 
 def build_app(settings: GatewaySettings | None = None) -> FastAPI:
