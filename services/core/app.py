@@ -3,8 +3,8 @@
 A service module supplies a `ServiceSpec` (its routers, tables, start-up hooks); this
 module adds what every service has: JSON logs with request ids, Prometheus `/metrics`,
 `/health` and `/ready`, problem+json errors (documented in the OpenAPI), request-body
-limits, JWT verification, the database engine, Redis,
-the service client, and an orderly shutdown.
+limits, the client's address from trusted proxies, JWT verification, the database engine,
+Redis, the service client, and an orderly shutdown.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .errors import install_error_handlers, problem_response
 from .logging import configure_logging
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
 from .openapi import install_openapi
+from .proxy import TrustedProxyMiddleware
 from .secrets import SecretStore
 from .settings import BaseServiceSettings
 
@@ -93,6 +94,9 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
         idle_timeout=settings.body_idle_timeout_seconds,
     )
     app.add_middleware(RequestContextMiddleware, service=spec.name)
+    # Outermost, so the request log, the rate limits and the audit trail see the real client.
+    app.add_middleware(TrustedProxyMiddleware, trusted_proxies=settings.trusted_proxies,
+                       extra_file=settings.trusted_proxies_file)
     install_error_handlers(app)
     install_openapi(app, spec.routers)
 
