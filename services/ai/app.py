@@ -25,7 +25,7 @@ import polars as pl
 from fastapi import APIRouter, FastAPI, Query as QueryParam, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import Histogram
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select, update
 
 from datalab.core import db, events
@@ -83,7 +83,10 @@ class TrainResult(BaseModel):
     source of truth); the optional numbers are accepted for the worker's convenience."""
 
     status: Literal["ready", "failed"]
-    error: str | None = Field(default=None, max_length=10_000)
+    # A worker's reason may quote data holding NUL, which PostgreSQL text cannot store: the
+    # reason is kept, the NUL shown as U+FFFD (refusing it would leave the model training).
+    error: Annotated[str | None, AfterValidator(lambda v: v and v.replace("\x00", "\ufffd"))] = Field(
+        default=None, max_length=10_000)
     metrics: dict[str, float | None] | None = None
     n_train: int | None = None
     n_test: int | None = None
@@ -300,7 +303,7 @@ async def _train_async(request: Request, row: Model) -> ModelOut:
     return _out(fresh)
 
 
-@router.put("/models/{model_id}/result", response_model=ModelOut)
+@router.put("/models/{model_id}/result", response_model=ModelOut, responses=problems(409))
 async def report_result(request: Request, model_id: str, body: TrainResult, _: AdminUser) -> ModelOut:
     state = request.app.state
     row = await _row(request, model_id)

@@ -3,8 +3,8 @@
 A service module supplies a `ServiceSpec` (its routers, tables, start-up hooks); this
 module adds what every service has: JSON logs with request ids, Prometheus `/metrics`,
 `/health` and `/ready`, problem+json errors (documented in the OpenAPI), request-body
-limits, JWT verification, the database engine, Redis,
-the service client, and an orderly shutdown.
+limits, the client's address from trusted proxies, JWT verification, the database engine,
+Redis, the service client, and an orderly shutdown.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .errors import install_error_handlers, problem_response
 from .logging import configure_logging
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
 from .openapi import install_openapi
+from .proxy import TrustedProxyMiddleware
 from .secrets import SecretStore
 from .settings import BaseServiceSettings
 
@@ -45,6 +46,8 @@ class ServiceSpec:
     on_shutdown: list[Hook] = field(default_factory=list)
     # Extra readiness checks: name -> coroutine raising when the dependency is not usable.
     ready_checks: dict[str, Callable[[FastAPI], Awaitable[None]]] = field(default_factory=dict)
+    # Where its docs and OpenAPI live: under the prefix Traefik routes to it.
+    api_prefix: str | None = None  # default /api/v1/{name}
 
 
 def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
@@ -74,11 +77,12 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
             if state.engine is not None:
                 await state.engine.dispose()
 
+    prefix = spec.api_prefix or f"/api/v1/{spec.name}"
     app = FastAPI(
         title=f"DataLab {spec.name}",
         lifespan=lifespan,
-        docs_url=f"/api/v1/{spec.name}/docs",
-        openapi_url=f"/api/v1/{spec.name}/openapi.json",
+        docs_url=f"{prefix}/docs",
+        openapi_url=f"{prefix}/openapi.json",
         redoc_url=None,
     )
     app.state.settings = settings
@@ -90,6 +94,9 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
         idle_timeout=settings.body_idle_timeout_seconds,
     )
     app.add_middleware(RequestContextMiddleware, service=spec.name)
+    # Outermost, so the request log, the rate limits and the audit trail see the real client.
+    app.add_middleware(TrustedProxyMiddleware, trusted_proxies=settings.trusted_proxies,
+                       extra_file=settings.trusted_proxies_file)
     install_error_handlers(app)
     install_openapi(app, spec.routers)
 

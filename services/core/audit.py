@@ -21,9 +21,8 @@ _FORBIDDEN = {"password", "token", "key", "api_key", "secret", "authorization", 
 
 
 def client_ip(request: Request | None) -> str | None:
-    """The client address the service saw. Services behind Traefik see Traefik's address
-    unless the app's proxy-header handling rewrote the scope: the gateway's
-    TrustedProxyMiddleware does, believing X-Forwarded-For from trusted proxies only."""
+    """The client's address: every service's TrustedProxyMiddleware (core.proxy) rewrote the
+    scope from X-Forwarded-For when the peer is a trusted proxy (Traefik), and only then."""
     if request is None or request.client is None:
         return None
     return request.client.host

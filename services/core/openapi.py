@@ -55,6 +55,7 @@ REASONS = {
     408: "The request body stopped arriving.",
     409: "The resource is not in a state that allows this.",
     413: "The request body is larger than the service accepts.",
+    415: "The request body is not of a media type this operation takes.",
     422: "The request is not valid.",
     429: "Rate limit exceeded; retry after Retry-After seconds.",
     500: "Internal error; quote the request id when reporting it.",

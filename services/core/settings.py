@@ -66,6 +66,12 @@ class BaseServiceSettings(BaseSettings):
 
     shutdown_grace_seconds: float = 10.0
 
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated, as uvicorn's
+    # forwarded_allow_ips): Traefik's addresses (core.proxy). The gateway's forwardAuth
+    # answers only them.
+    trusted_proxies: str = "127.0.0.1,::1"
+    trusted_proxies_file: Path | None = None  # more of them, one file re-read (Nomad: from Consul)
+
     # Request bodies (core.middleware.BodyLimitMiddleware): any body up to max_body_bytes;
     # a service that takes uploads sets max_upload_bytes, which then governs multipart
     # bodies. A body whose next chunk takes longer than body_idle_timeout_seconds is a 408.

@@ -26,6 +26,7 @@ from datalab.core.app import ServiceSpec, create_app
 from datalab.core.audit import audit
 from datalab.core.auth import CurrentUser, Principal
 from datalab.core.errors import Problem
+from datalab.core.openapi import problems
 from datalab.core.settings import BaseServiceSettings, ensure_dir
 
 from . import query as q
@@ -96,6 +97,29 @@ class DatasetPage(BaseModel):
 
 router = APIRouter(prefix="/api/v1/data", tags=["data"])
 JSON = "application/json"
+PARQUET = "application/vnd.apache.parquet"
+
+# The upload is parsed from the stream (upload.receive_file), not by FastAPI: its body is
+# documented here. The name is stored as printable text (ingest.check_name: no control
+# characters) and is a small form field (upload.MAX_FIELD_BYTES).
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": "The dataset: CSV (UTF-8, a header row) or Parquet."},
+                    "name": {"type": "string", "maxLength": 1024, "pattern": r"^[^\u0000-\u001f\u007f-\u009f]*$",
+                             "description": "The dataset's name (cut to 255 characters); the file's name if none."},
+                },
+            },
+            "encoding": {"file": {"contentType": f"text/csv, {PARQUET}"}},
+        }
+    },
+}
 
 
 async def scan(app: FastAPI, fn, *args):
@@ -145,7 +169,8 @@ def _detect_format(filename: str, content_type: str) -> str:
     )
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetOut)
+@router.post("/datasets", status_code=201, response_model=DatasetOut,
+             openapi_extra={"requestBody": UPLOAD_BODY}, responses=problems(400, 408, 413, 415, 422))
 async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
     settings: DataSettings = request.app.state.settings
     dataset_id = str(uuid.uuid4())
@@ -274,13 +299,16 @@ async def query_dataset(request: Request, dataset_id: str, body: q.Query, princi
     return Response(result, media_type=JSON, headers={"X-Cache": "miss"})
 
 
-@router.get("/datasets/{dataset_id}/content")
+@router.get("/datasets/{dataset_id}/content", response_class=FileResponse, responses={
+    200: {"description": "The dataset as Parquet.",
+          "content": {PARQUET: {"schema": {"type": "string", "format": "binary"}}}},
+})
 async def dataset_content(request: Request, dataset_id: str, principal: CurrentUser) -> FileResponse:
     """The dataset as Parquet: how ai, compute and workers read whole datasets."""
     ds = await _owned(request, dataset_id, principal)
     return FileResponse(
         _file(request, dataset_id),
-        media_type="application/vnd.apache.parquet",
+        media_type=PARQUET,
         filename=f"{ds.id}.parquet",
         headers={"X-Dataset-Rows": str(ds.rows)},
     )

@@ -9,28 +9,43 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from datalab.core.errors import Problem
 
 Op = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "contains", "is_null", "not_null"]
 AggFunc = Literal["count", "sum", "mean", "min", "max", "median", "std"]
 MAX_LIMIT = 10_000
-MAX_OFFSET = 2**63 - 1  # what PostgreSQL's OFFSET and polars' slice take (a signed 64-bit int)
+# The largest integer a JSON number holds exactly (binary64): above it a bound is fuzzy for
+# clients (and schema checkers) that read numbers as doubles. PostgreSQL and polars take more.
+MAX_OFFSET = 2**53 - 1
+# Strict: types as the schema states them; a JSON true is not the integer 1 (it was taken
+# as 0 or 1), nor 1 the boolean true, nor "1" a number.
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema has it: 3 or 3.0, never true or "3"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # strict int validation refuses the rest (bool included)
+
+
+Integer = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class Filter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     column: str
     op: Op
     value: Any = None
 
 
 class Aggregate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     column: str
     func: AggFunc
     alias: str | None = None
@@ -41,20 +56,32 @@ class Aggregate(BaseModel):
 
 
 class SortKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     column: str
     descending: bool = False
 
 
 class Query(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Either `select` (the columns of the rows), or `group_by`/`aggregate`: not both."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={
+        # The rule of _select_or_aggregate, in JSON Schema.
+        "not": {
+            "required": ["select"],
+            "properties": {"select": {"type": "array"}},
+            "anyOf": [
+                {"required": ["group_by"], "properties": {"group_by": {"minItems": 1}}},
+                {"required": ["aggregate"], "properties": {"aggregate": {"minItems": 1}}},
+            ],
+        },
+    })
     select: list[str] | None = None
     filter: list[Filter] = Field(default_factory=list)
     group_by: list[str] = Field(default_factory=list)
     aggregate: list[Aggregate] = Field(default_factory=list)
     sort: list[SortKey] = Field(default_factory=list)
-    limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    limit: Integer = Field(100, ge=1, le=MAX_LIMIT)
+    offset: Integer = Field(0, ge=0, le=MAX_OFFSET)
 
     @model_validator(mode="after")
     def _select_or_aggregate(self) -> Query:

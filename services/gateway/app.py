@@ -20,7 +20,6 @@ import logging
 import secrets as pysecrets
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 from argon2 import PasswordHasher
@@ -44,11 +43,11 @@ from datalab.core.auth import (
     new_api_key,
 )
 from datalab.core.errors import Problem
+from datalab.core.proxy import peer_is_trusted_proxy
 from datalab.core.settings import BaseServiceSettings
 
 from .keycache import KeyCache, KeyEntry
 from .models import ApiKey, Base, User, new_id
-from .proxy import TrustedProxyMiddleware, peer_is_trusted_proxy
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("datalab.gateway")
@@ -66,10 +65,6 @@ class GatewaySettings(BaseServiceSettings):
     # token derived from a revoked key can live upstream, so seconds, not minutes.
     internal_token_ttl: int = 15
     api_key_cache_ttl: int = 300  # revocation overwrites the entry at once (keycache)
-    # Peers whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated, as uvicorn's
-    # forwarded_allow_ips): Traefik's addresses. Only they get forwardAuth answers.
-    trusted_proxies: str = "127.0.0.1,::1"
-    trusted_proxies_file: Path | None = None  # more of them, one file re-read (Nomad: from Consul)
     rate_limit_user_per_minute: int = 600
     rate_limit_ip_per_minute: int = 1200
     login_limit_per_minute: int = 30
@@ -175,8 +170,9 @@ async def _password_ok(password_hash: str, password: str) -> bool:
 class LoginForm:
     """The OAuth2 password form (username, password), NUL refused before any lookup."""
 
-    def __init__(self, username: Annotated[str, Form(max_length=256)],
-                 password: Annotated[str, Form(max_length=1024)]):
+    # min_length: an empty form field is a missing one to FastAPI ("Field required").
+    def __init__(self, username: Annotated[str, Form(min_length=1, max_length=256)],
+                 password: Annotated[str, Form(min_length=1, max_length=1024)]):
         if "\x00" in username or "\x00" in password:
             raise Problem(422, "The user name and password must not contain a NUL character.")
         self.username = username
@@ -434,13 +430,9 @@ async def _ensure_service_account(app: FastAPI, settings: GatewaySettings) -> No
     await app.state.key_cache.forget(prefix)  # the row may have changed (un-revoked)
 
 
-SPEC = ServiceSpec(name="gateway", routers=[router, internal], metadata=Base.metadata, on_startup=[_startup])
+SPEC = ServiceSpec(name="gateway", routers=[router, internal], metadata=Base.metadata, on_startup=[_startup],
+                   api_prefix=router.prefix)  # Traefik routes /api/v1/auth here, docs included
 
 
 def build_app(settings: GatewaySettings | None = None) -> FastAPI:
-    settings = settings or GatewaySettings()
-    app = create_app(SPEC, settings)
-    # Outermost, so the request log, the rate limits and the audit trail see the real client.
-    app.add_middleware(TrustedProxyMiddleware, trusted_proxies=settings.trusted_proxies,
-                       extra_file=settings.trusted_proxies_file)
-    return app
+    return create_app(SPEC, settings or GatewaySettings())

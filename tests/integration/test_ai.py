@@ -345,6 +345,15 @@ def test_failed_training_is_recorded(platform, http, owner, datasets, admin_head
     assert_problem(http.post(f"{MODELS}/{model_id}/predict", headers=owner, json={"rows": [{"x": 1}]}), 409, "failed")
 
 
+def test_a_failure_reason_holding_nul_is_recorded(platform, http, owner, datasets, admin_headers):
+    # PostgreSQL text holds no NUL: it was a 500 for the worker, and the model stayed training.
+    model_id = _training_row(platform, http, owner, datasets["regression"])
+    resp = http.put(f"{MODELS}/{model_id}/result", headers=admin_headers,
+                    json={"status": "failed", "error": "column 'a\x00b' is not numeric"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "failed" and resp.json()["error"] == "column 'a\ufffdb' is not numeric"
+
+
 def test_result_for_a_deleted_model_removes_the_orphan_artifact(platform, http, admin_headers):
     model_id = str(uuid.uuid4())
     orphan = platform.config.home / "models" / f"{model_id}.joblib"

@@ -9,6 +9,8 @@ import uuid
 import polars as pl
 import pytest
 
+from datalab.data import query as q
+
 from conftest import DECODE_MEMORY, MAX_DATASET_BYTES, MAX_DATASET_CELLS, MAX_DATASET_ROWS, UPLOAD_IDLE_TIMEOUT, eventually
 from test_data import CSV, state, upload
 
@@ -145,9 +147,9 @@ def test_huge_offsets_are_422(http, owner):
     assert_refused(resp, 422)
     assert_refused(http.get("/api/v1/data/datasets", params={"offset": 10**30}, headers=owner), 422)
     # The largest accepted offset is a valid, empty page, not an error.
-    last = http.post(f"/api/v1/data/datasets/{ds['id']}/query", json={"offset": 2**63 - 1}, headers=owner)
+    last = http.post(f"/api/v1/data/datasets/{ds['id']}/query", json={"offset": q.MAX_OFFSET}, headers=owner)
     assert last.status_code == 200 and last.json()["rows"] == []
-    listed = http.get("/api/v1/data/datasets", params={"offset": 2**63 - 1}, headers=owner)
+    listed = http.get("/api/v1/data/datasets", params={"offset": q.MAX_OFFSET}, headers=owner)
     assert listed.status_code == 200 and listed.json()["items"] == []
 
 

@@ -224,6 +224,31 @@ def test_nomad_forwardauth_sees_the_real_client_in_the_audit_trail(limited, admi
     assert used["client_ip"] == address  # through forwardAuth's own hop, not Traefik's 127.0.0.1
 
 
+@pytest.mark.parametrize("topology", ["embedded", "nomad"])
+def test_every_service_audits_the_real_client(request, limited, admin_token, topology):
+    """Not the gateway alone: data's audit line for a refused access names the client's
+    address (Traefik, a trusted proxy, sent it in X-Forwarded-For), not Traefik's 127.0.0.1."""
+    import json
+
+    base = limited.base_url if topology == "embedded" else request.getfixturevalue("nomad_edge")
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    name, password = f"peer-{topology}", "peer-password-1"
+    with client_from(new_address(), base) as http:
+        created = http.post("/api/v1/auth/users", json={"username": name, "password": password}, headers=admin)
+        assert created.status_code == 201, created.text
+        token = http.post("/api/v1/auth/token", data={"username": name, "password": password}).json()["access_token"]
+        upload = http.post("/api/v1/data/datasets", headers=admin, files={"file": ("a.csv", b"a\n1\n", "text/csv")})
+        dataset = upload.json()["id"]
+    address = new_address()
+    with client_from(address, base) as http:  # another user's dataset: a 404, audited as denied
+        resp = http.get(f"/api/v1/data/datasets/{dataset}", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 404, resp.text
+    lines = [json.loads(line) for line in (limited.logs / "data.log").read_text().splitlines()
+             if line.startswith("{") and '"audit": true' in line]
+    (denied,) = [r for r in lines if r["action"] == "dataset.access" and r["object"] == dataset]
+    assert denied["outcome"] == "denied" and denied["client_ip"] == address
+
+
 def test_rotating_x_forwarded_for_straight_to_the_gateway_is_one_client(limited):
     """The gateway is reachable without Traefik (Nomad binds it to the node's address):
     a client's own X-Forwarded-For must not make it many clients."""

@@ -1,10 +1,10 @@
-"""The gateway believes X-Forwarded-For from trusted proxies only."""
+"""Every service believes X-Forwarded-For from trusted proxies only."""
 
 import httpx
 from fastapi import FastAPI, Request
 
 from datalab.core.audit import client_ip
-from datalab.gateway.proxy import TrustedProxyMiddleware, peer_is_trusted_proxy
+from datalab.core.proxy import TrustedProxyMiddleware, peer_is_trusted_proxy
 
 
 def _app() -> FastAPI:

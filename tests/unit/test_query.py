@@ -93,6 +93,10 @@ def test_mistakes_are_422_with_a_reason(parquet, body, needle):
         {"offset": -1},
         {"offset": 10**30},  # polars and PostgreSQL take 64 bits: it was an OverflowError, a 500
         {"offset": 2**63},
+        {"offset": q.MAX_OFFSET + 1},  # past what a JSON number holds exactly
+        {"offset": False},  # a bool is no integer (it was taken as 0)
+        {"limit": True},
+        {"sort": [{"column": "a", "descending": 1}]},  # nor an integer a bool
         {"filter": [{"column": "a", "op": "like", "value": 1}]},
         {"unexpected": 1},
     ],
@@ -100,6 +104,14 @@ def test_mistakes_are_422_with_a_reason(parquet, body, needle):
 def test_malformed_bodies_fail_validation(body):
     with pytest.raises(ValueError):
         q.Query(**body)
+
+
+def test_integers_are_json_schema_integers():
+    # 3.0 is an integer to JSON Schema (and to clients that only have doubles); true is not.
+    assert (q.Query(limit=3.0, offset=2.0).limit, q.Query(limit=3.0, offset=2.0).offset) == (3, 2)
+    for bad in ({"limit": 2.5}, {"offset": True}, {"limit": "3"}):
+        with pytest.raises(ValueError):
+            q.Query(**bad)
 
 
 def test_cache_key_is_canonical():
@@ -110,7 +122,7 @@ def test_cache_key_is_canonical():
 
 
 def test_the_largest_offset_is_an_empty_page(parquet):
-    out = run(parquet, offset=2**63 - 1)
+    out = run(parquet, offset=q.MAX_OFFSET)
     assert out["rows"] == [] and out["total"] == 5
 
 

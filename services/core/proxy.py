@@ -4,10 +4,12 @@ uvicorn's ProxyHeadersMiddleware does the walk: when the peer is a trusted proxy
 a CIDR of `trusted_proxies`, as uvicorn's `forwarded_allow_ips` and Traefik's
 `forwardedHeaders.trustedIPs`), the client is the right-most `X-Forwarded-For` entry that
 is not itself a trusted proxy; from any other peer the header is ignored. It rewrites the
-ASGI scope, so `request.client.host` (rate limits, `core.audit.client_ip`) is the client.
+ASGI scope, so `request.client.host` (the request log, the gateway's rate limits,
+`core.audit.client_ip`) is the client. The app factory installs it outermost in every
+service (settings `trusted_proxies`, `trusted_proxies_file`).
 
-Before the rewrite, this records whether the peer itself was a trusted proxy: forwardAuth
-answers only Traefik (`peer_is_trusted_proxy`).
+Before the rewrite, this records whether the peer itself was a trusted proxy: the gateway's
+forwardAuth answers only Traefik (`peer_is_trusted_proxy`).
 
 Under Nomad, Traefik's addresses come from Consul into a file (`trusted_proxies_file`),
 re-read every few seconds: a Traefik node that joins is trusted without a restart.
