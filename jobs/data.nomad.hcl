@@ -262,6 +262,16 @@ job "data" {
         # The upload conversion's child process may use half the task's memory: a value
         # bomb is refused there (413) before the cgroup's OOM killer picks the service.
         DATALAB_DECODE_MEMORY_BYTES = local.resources.memory * 1024 * 1024 / 2
+        # Traefik's addresses from Consul (template below): audit lines name the real client.
+        DATALAB_TRUSTED_PROXIES_FILE = "${NOMAD_TASK_DIR}/trusted_proxies"
+      }
+
+      # Traefik's addresses (a system job: every client's), whose X-Forwarded-For the app
+      # believes; re-read by the app, so a Traefik node that joins costs no restart.
+      template {
+        destination = "local/trusted_proxies"
+        change_mode = "noop"
+        data        = "{{ range service \"traefik|any\" }}{{ .Address }},{{ end }}"
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

@@ -258,6 +258,16 @@ job "viz" {
         DATALAB_DISCOVERY   = "consul"
         DATALAB_CONSUL_ADDR = var.consul_addr
         DATALAB_LOG_LEVEL   = var.log_level
+        # Traefik's addresses from Consul (template below): audit lines name the real client.
+        DATALAB_TRUSTED_PROXIES_FILE = "${NOMAD_TASK_DIR}/trusted_proxies"
+      }
+
+      # Traefik's addresses (a system job: every client's), whose X-Forwarded-For the app
+      # believes; re-read by the app, so a Traefik node that joins costs no restart.
+      template {
+        destination = "local/trusted_proxies"
+        change_mode = "noop"
+        data        = "{{ range service \"traefik|any\" }}{{ .Address }},{{ end }}"
       }
 
       # Where PostgreSQL and Redis are, from Consul (no credentials here).

@@ -392,3 +392,15 @@ def test_data_decode_child_fits_inside_the_task_memory(var_file):
     (task,) = job["TaskGroups"][0]["Tasks"]
     cap = int(task["Env"]["DATALAB_DECODE_MEMORY_BYTES"])
     assert 0 < cap <= task["Resources"]["MemoryMB"] * 1024 * 1024 // 2
+
+
+@needs_nomad
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_service_believes_only_traefik_for_the_client_address(service):
+    """Each service's API task learns Traefik's node addresses from Consul: its audit lines
+    and (gateway) rate limits name the real client, and no other peer is believed."""
+    job = rendered(ROOT / "jobs" / f"{service}.nomad.hcl", ROOT / "jobs" / "vars" / "vagrant.hcl")
+    task = next(t for g in job["TaskGroups"] for t in g["Tasks"] if t["Name"] == service)
+    assert task["Env"]["DATALAB_TRUSTED_PROXIES_FILE"] == "${NOMAD_TASK_DIR}/trusted_proxies"
+    (tmpl,) = [t for t in task["Templates"] if t["DestPath"] == "local/trusted_proxies"]
+    assert 'service "traefik|any"' in tmpl["EmbeddedTmpl"] and tmpl["ChangeMode"] == "noop"
