@@ -144,6 +144,10 @@ class Process:
             _, alive = psutil.wait_procs(descendants, timeout=5)
             for child in alive:
                 child.kill()
+        if self.popen is not None:
+            # What the kernel reparented when the process died first (viz's forkserver and
+            # render workers after a SIGKILL) is no descendant any more, but still in its group.
+            _kill_group(self.popen.pid)
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
 
@@ -171,6 +175,24 @@ def _kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[psutil.Process]:
     return procs
 
 
+def _kill_group(pgid: int, not_before: float | None = None) -> bool:
+    """SIGKILL what is left of the process group a Process led (its own session). True if
+    anything was there. A pgid is not reused while one member lives; with `not_before` (the
+    leader's start time) a member must also be younger than the leader, for certainty."""
+    found = False
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            if os.getpgid(proc.pid) != pgid or proc.pid == os.getpid():
+                continue
+            if not_before is not None and proc.info["create_time"] < not_before - 0.01:
+                continue
+            proc.kill()
+            found = True
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found
+
+
 def stop_leftovers(run_dir: Path) -> list[str]:
     """Kill what an earlier launcher left running (its pid files in run_dir: a launcher that
     was SIGKILLed before its children got the kernel's signal, or an older version). Only a
@@ -180,15 +202,24 @@ def stop_leftovers(run_dir: Path) -> list[str]:
     for pid_file in sorted(run_dir.glob("*.pid")):
         try:
             pid_text, started = pid_file.read_text().split()
-            proc = psutil.Process(int(pid_text))
+            pid = int(pid_text)
+        except ValueError:
+            pid_file.unlink(missing_ok=True)  # unreadable
+            continue
+        try:
+            proc = psutil.Process(pid)
             if abs(proc.create_time() - float(started)) < 0.01:
                 _, alive = psutil.wait_procs(_kill_tree(proc.pid, signal.SIGTERM), timeout=10)
                 for p in alive:
                     p.kill()
                 psutil.wait_procs(alive, timeout=5)
+                _kill_group(pid)
                 stopped.append(f"{pid_file.stem} (pid {proc.pid})")
-        except (ValueError, psutil.NoSuchProcess):
-            pass  # unreadable, or long gone
+        except psutil.NoSuchProcess:
+            # The leader died (the kernel's signal) but what it forked may live on in its
+            # group (reparented to init): no pid is reused while its group has a member.
+            if _kill_group(pid, not_before=float(started)):
+                stopped.append(f"what {pid_file.stem} (pid {pid}) left in its process group")
         pid_file.unlink(missing_ok=True)
     return stopped
 
