@@ -20,7 +20,7 @@ MAX_UPLOAD = 1024 * 1024  # small, so the oversize test is quick
 # Dataset caps low enough that a test can cross them within MAX_UPLOAD (test_data_security).
 MAX_DATASET_ROWS = 200_000
 MAX_DATASET_CELLS = 2_000_000
-UPLOAD_IDLE_TIMEOUT = 3  # seconds: a stalled upload is refused this fast
+UPLOAD_IDLE_TIMEOUT = 3  # seconds: a stalled (upload) body is refused this fast
 DECODE_MEMORY = 384 * 2**20  # the conversion child's limit: a bomb test stops there
 MAX_DATASET_BYTES = 32 * 2**20  # decoded
 
@@ -40,7 +40,7 @@ def platform():
             "DATALAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
             "DATALAB_MAX_DATASET_ROWS": str(MAX_DATASET_ROWS),
             "DATALAB_MAX_DATASET_CELLS": str(MAX_DATASET_CELLS),
-            "DATALAB_UPLOAD_IDLE_TIMEOUT_SECONDS": str(UPLOAD_IDLE_TIMEOUT),
+            "DATALAB_BODY_IDLE_TIMEOUT_SECONDS": str(UPLOAD_IDLE_TIMEOUT),
             "DATALAB_DECODE_MEMORY_BYTES": str(DECODE_MEMORY),
             "DATALAB_MAX_DATASET_BYTES": str(MAX_DATASET_BYTES),
             # Every test logs in from 127.0.0.1; the per-IP login limit is tested in test_ratelimit.

@@ -158,16 +158,8 @@ def _dataset_id(value: str) -> str:
         raise Problem(404, f"No dataset {value!r}.") from None
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 async def _row(request: Request, model_id: str) -> Model | None:
-    if not _is_uuid(model_id):
+    if not db.is_row_id(model_id):
         return None
     return await db.read(request.app.state.sessions, lambda session: session.get(Model, model_id))
 
@@ -308,7 +300,7 @@ async def report_result(request: Request, model_id: str, body: TrainResult, _: A
     state = request.app.state
     row = await _row(request, model_id)
     if row is None:
-        if _is_uuid(model_id):  # deleted while training: drop what the worker wrote
+        if db.is_row_id(model_id):  # deleted while training: drop what the worker wrote
             _artifact(request, model_id).unlink(missing_ok=True)
         raise Problem(404, f"No model {model_id!r}.")
     if body.job_id and row.job_id and body.job_id != row.job_id:

@@ -98,7 +98,8 @@ async def _job_or_404(request: Request, job_id: str, principal: Principal):
     job = await asyncio.to_thread(rqq.fetch, _conn(request), job_id)
     if job is not None and not _visible(job, principal):
         audit("job.access", "denied", actor=principal.user_id, object=job_id, request=request)
-    if job is None or not _visible(job, principal):
+        job = None
+    if job is None:
         raise Problem(404, f"No job {job_id!r}.")
     return job
 

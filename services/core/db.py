@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -28,6 +29,16 @@ from .settings import BaseServiceSettings
 
 log = logging.getLogger("datalab.db")
 T = TypeVar("T")
+
+
+def is_row_id(value: str) -> bool:
+    """Row ids are uuids: anything else names no row, and must not reach PostgreSQL (a uuid
+    column refuses it with an error, a NUL byte breaks the protocol)."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncEngine:

@@ -41,7 +41,6 @@ class DataSettings(BaseServiceSettings):
     service_name: str = "data"
     port: int = 8001
     max_upload_bytes: int = 512 * 1024 * 1024
-    upload_idle_timeout_seconds: float = 60.0  # a body that stops arriving this long: 408
     # Caps on what an upload decodes to, checked before decoding (a compressed Parquet of
     # constant values is tiny on the wire). They bound conversion, describe and queries: a
     # sort over every cell peaks near 20 bytes a cell (measured: +380 MB at 20 M cells), so
@@ -142,10 +141,8 @@ def _out(ds: Dataset) -> DatasetOut:
 
 async def _owned(request: Request, dataset_id: str, principal: Principal) -> Dataset:
     """The dataset if the caller may see it; 404 otherwise (others' datasets do not exist)."""
-    try:
-        uuid.UUID(dataset_id)
-    except ValueError:
-        raise Problem(404, f"No dataset {dataset_id!r}.") from None
+    if not db.is_row_id(dataset_id):
+        raise Problem(404, f"No dataset {dataset_id!r}.")
     ds = await db.read(request.app.state.sessions, lambda session: session.get(Dataset, dataset_id))
     if ds is not None and ds.owner_id != principal.user_id and not principal.is_admin:
         audit("dataset.access", "denied", actor=principal.user_id, object=dataset_id, request=request)
@@ -179,9 +176,7 @@ async def upload(request: Request, principal: CurrentUser) -> DatasetOut:
     parquet_tmp = incoming / f"{dataset_id}.parquet"
     final = _file(request, dataset_id)
     try:
-        received = await receive_file(
-            request, received_path, settings.max_upload_bytes, settings.upload_idle_timeout_seconds
-        )
+        received = await receive_file(request, received_path, settings.max_upload_bytes)
         fmt = _detect_format(received.filename, received.content_type)
         if received.size == 0:
             raise Problem(422, "The file is empty.")

@@ -6,7 +6,6 @@ stream ourselves lets us stop at the limit and never hold an upload in memory.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +32,16 @@ def _too_large(limit: int) -> Problem:
 
 
 async def receive_file(
-    request: Request, destination: Path, limit: int, idle_timeout: float, field_name: str = "file"
+    request: Request, destination: Path, limit: int, field_name: str = "file"
 ) -> ReceivedFile:
     """Stream the multipart part `field_name` to `destination`. Removes it on any failure.
 
-    A body that stops arriving for `idle_timeout` seconds is refused (408): Traefik lets slow
-    uploads through without a read timeout, so a stalled client would hold a worker forever."""
+    The app factory's BodyLimitMiddleware refuses the whole body first when its declared
+    length passes the upload limit (413) and when it stops arriving (408); here the file's
+    own bytes are counted exactly."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "Send the dataset as multipart/form-data with a 'file' part.")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise _too_large(limit)  # refuse before reading a byte
-
     state = _PartState()
     out = open(destination, "wb")  # noqa: SIM115 - closed in finally
     size = 0
@@ -110,15 +106,7 @@ async def receive_file(
     )
     ok = False
     try:
-        chunks = request.stream().__aiter__()
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise Problem(408, f"The upload stalled: no data for {idle_timeout:g} seconds.") from None
+        async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
         # The parser accepts a body that stops mid-part; only the closing boundary says

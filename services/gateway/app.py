@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import logging
 import secrets as pysecrets
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -355,7 +354,7 @@ async def list_api_keys(request: Request, principal: CurrentUser) -> list[ApiKey
 @router.delete("/api-keys/{key_id}", status_code=204)
 async def revoke_api_key(request: Request, key_id: str, principal: CurrentUser) -> Response:
     async with request.app.state.sessions() as session, session.begin():
-        row = await session.get(ApiKey, key_id) if _is_uuid(key_id) else None
+        row = await session.get(ApiKey, key_id) if db.is_row_id(key_id) else None
         if row is None or row.user_id != principal.user_id:
             audit("api_key.revoke", "failure", actor=principal.username, object=f"api_key:{key_id[:64]}",
                   request=request, reason="not found")
@@ -366,14 +365,6 @@ async def revoke_api_key(request: Request, key_id: str, principal: CurrentUser) 
     await request.app.state.key_cache.revoke(row.prefix, _entry(row, user))
     audit("api_key.revoke", "success", actor=principal.username, object=f"api_key:{row.id}", request=request)
     return Response(status_code=204)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 async def _startup(app: FastAPI) -> None:
