@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -32,22 +33,42 @@ class ServerError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default range starts here
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct free ports: all held open while picking, so none is handed out twice."""
-    socks = [socket.socket() for _ in range(n)]
+    """n distinct free ports: all held open while picking, so none is handed out twice.
+
+    Picked below the kernel's ephemeral range: a port from bind(0) is also what the next
+    outgoing connection may take, and one did, between the pick and the server's bind
+    ("address already in use" in the clean room)."""
+    floor, rng = _ephemeral_floor(), random.SystemRandom()
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
+        for _ in range(200 * n):
+            if len(socks) == n:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", rng.randrange(10000, max(floor, 10001))))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        if len(socks) < n:
+            raise ServerError(f"no {n} free ports below {floor}")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
