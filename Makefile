@@ -42,7 +42,7 @@ clean:
 	rm -rf $(VENV) $(TOOLS)
 
 # Every job deployed for real on this machine: Consul, Nomad, OpenBao dev agents, Vault
-# bootstrap, `datalab deploy`, then the platform flow through Traefik (services/devstack/e2e.py).
+# bootstrap, `datalab deploy`, then the platform flow through Traefik (services/datalab/devstack/e2e.py).
 e2e: install hashistack
 	$(VENV)/bin/python -m datalab.devstack.e2e
 

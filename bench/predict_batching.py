@@ -23,7 +23,7 @@ import aiohttp
 import numpy as np
 import polars as pl
 
-from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.local_stack import Platform, PlatformConfig
 from datalab.devstack.servers import Process, free_port, wait_until
 
 CONCURRENCY = 64

@@ -17,9 +17,9 @@ import redis
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
-from datalab.compute.queue import queue
+from datalab.compute.dispatch import queue
 from datalab.compute.tasks import execute
-from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.local_stack import Platform, PlatformConfig
 
 JOBS = 300
 CONCURRENCY = 16

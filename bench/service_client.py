@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.local_stack import Platform, PlatformConfig
 
 CONCURRENCY = 64
 REQUESTS = 3000

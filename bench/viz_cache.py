@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.local_stack import Platform, PlatformConfig
 from datalab.viz.render import draw
 from datalab.viz.spec import ChartSpec
 

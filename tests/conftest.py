@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datalab.devstack.platform import DEFAULT_SERVICES, Platform, PlatformConfig
+from datalab.devstack.local_stack import DEFAULT_SERVICES, Platform, PlatformConfig
 
 MAX_UPLOAD = 1024 * 1024  # small, so the oversize test is quick
 # Dataset caps low enough that a test can cross them within MAX_UPLOAD (test_data_security).

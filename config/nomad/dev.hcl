@@ -1,6 +1,6 @@
 # Local dev agent (`nomad agent -dev -config config/nomad/dev.hcl`): server + client on
 # loopback, raw_exec on, wired to local Consul and Vault/OpenBao dev servers. `make e2e`
-# writes the same settings with free ports (services/devstack/hashistack.py).
+# writes the same settings with free ports (services/datalab/devstack/hashistack.py).
 bind_addr = "127.0.0.1"
 data_dir  = "/tmp/datalab-nomad-dev"
 

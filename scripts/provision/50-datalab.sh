@@ -16,7 +16,7 @@ require_root
 
 readonly SRC=/opt/datalab/src VENV=/opt/datalab/.venv TOOLS=/opt/datalab/tools
 # What the installed project reads at run time: the code, the configs (vault bootstrap reads
-# config/vault/policies next to services/) and the job files `datalab deploy` submits.
+# services/datalab/ops/vault_policies next to services/) and the job files `datalab deploy` submits.
 readonly RUNTIME_FILES=(pyproject.toml uv.lock README.md services config jobs)
 
 ensure_dir /opt/datalab 0755 root:root

@@ -99,7 +99,7 @@ else
 fi
 
 # ---- Vault ------------------------------------------------------------------------------------
-# The bootstrap's own functions (services/hashicorp/vault.py), without its database step.
+# The bootstrap's own functions (services/datalab/ops/vault_bootstrap.py), without its database step.
 VAULT_ADDR="$VAULT_HTTP" VAULT_CACERT="$(p /etc/datalab/tls/ca.pem)" TOKEN_FILE="$ADMIN_DIR/vault-token" \
   NOMAD_ADDR="$NOMAD_HTTP" /opt/datalab/.venv/bin/python - <<'PY'
 import os
@@ -107,7 +107,7 @@ import sys
 
 import hvac
 
-from datalab.hashicorp import vault as boot
+from datalab.ops import vault_bootstrap as boot
 
 token = open(os.environ["TOKEN_FILE"]).read().strip()
 client = hvac.Client(url=os.environ["VAULT_ADDR"], token=token, verify=os.environ["VAULT_CACERT"])

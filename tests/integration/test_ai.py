@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from conftest import eventually
-from datalab.ai import training
+from datalab.ml import training
 
 pytestmark = pytest.mark.integration
 

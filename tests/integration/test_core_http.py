@@ -40,7 +40,7 @@ def probe(tmp_path_factory):
     log = root / "probe.log"
     app = Process("probe", [sys.executable, str(Path(__file__).with_name("probe_app.py"))], log, env=env)
     dynamic = root / "dynamic.yaml"
-    # The platform's router shape (services/devstack/platform.py), retry middleware included.
+    # The platform's router shape (services/datalab/devstack/local_stack.py), retry middleware included.
     dynamic.write_text(yaml.safe_dump({"http": {
         "routers": {"probe": {"rule": "PathPrefix(`/api/v1/probe`)", "service": "probe",
                               "entryPoints": ["web"], "middlewares": ["retry"]}},

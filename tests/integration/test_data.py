@@ -171,7 +171,7 @@ def test_bad_credentials_are_401_at_the_edge(http, headers):
 
 def test_expired_token_is_401(http, platform):
     from datalab.core.auth import Principal, TokenIssuer
-    from datalab.core.secrets import SecretStore
+    from datalab.core.secret_files import SecretStore
 
     issuer = TokenIssuer(SecretStore(platform.secrets_dir), "datalab-gateway", "datalab")
     token, _ = issuer.mint(Principal("u", "u", False), "access", -1)

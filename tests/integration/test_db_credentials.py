@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from datalab.core.db import create_engine
-from datalab.core.secrets import SecretStore, write_secret
+from datalab.core.secret_files import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
 
 pytestmark = pytest.mark.integration

@@ -60,7 +60,7 @@ def test_unauthenticated_requests_never_reach_the_data_service(http, platform, h
 
 def test_the_shared_platform_flow(platform, base_url):
     """The flow `make e2e` and `scripts/cluster-test` run, here on the embedded platform."""
-    from datalab.devstack.flow import run_flow
+    from datalab.ops.flow import run_flow
 
     report = run_flow(base_url, "admin", "admin-test-password")
     assert [name for name, _ in report.steps][-1] == "delete model + dataset"

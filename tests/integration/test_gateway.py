@@ -186,7 +186,7 @@ def test_nul_in_login_is_422(http, form):
 ])
 def test_tokens_with_a_foreign_issuer_or_audience_are_refused(http, platform, admin_headers, issuer, audience, expected):
     from datalab.core.auth import Principal, TokenIssuer
-    from datalab.core.secrets import SecretStore
+    from datalab.core.secret_files import SecretStore
 
     me = http.get("/api/v1/auth/me", headers=admin_headers).json()
     # Signed with the platform's real Ed25519 key: only the claim is foreign.

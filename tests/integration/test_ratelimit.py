@@ -28,7 +28,7 @@ import pytest
 import redis.asyncio as redis
 import yaml
 
-from datalab.devstack.platform import Platform, PlatformConfig
+from datalab.devstack.local_stack import Platform, PlatformConfig
 from datalab.devstack.servers import Process, free_ports, traefik_binary, wait_until
 from datalab.gateway.ratelimit import RateLimiter
 from hcl_plain import load_hcl

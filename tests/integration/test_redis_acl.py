@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 
 from datalab.core import events
 from datalab.core.redis_users import SERVICE_USERS
-from datalab.devstack.platform import redis_secret_name
+from datalab.devstack.local_stack import redis_secret_name
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import OutOfMemoryError
 from rq.job import JobStatus
 
-from datalab.compute import queue as rqq
+from datalab.compute import dispatch as rqq
 from datalab.core.redis_users import MAXMEMORY_POLICY
 from datalab.devstack.servers import Redis, free_port
 

@@ -3,9 +3,9 @@ of idempotent calls only, and the circuit breaker."""
 
 import pytest
 
-from datalab.core.client import ServiceClient, ServiceUnavailable
+from datalab.core.service_client import ServiceClient, ServiceUnavailable
 from datalab.core.discovery import StaticDiscovery
-from datalab.core.logging import request_id_var
+from datalab.core.logs import request_id_var
 from datalab.devstack.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ async def test_unknown_service_is_unavailable():
 
 async def test_service_identity_exchanges_the_platform_key_for_a_jwt(platform, http, admin_headers):
     from datalab.core.identity import ServiceIdentity
-    from datalab.core.secrets import SecretStore
+    from datalab.core.secret_files import SecretStore
 
     client = ServiceClient(StaticDiscovery({n: [platform.config.url(n)] for n in platform.config.service_ports}))
     identity = ServiceIdentity(SecretStore(platform.secrets_dir), client)

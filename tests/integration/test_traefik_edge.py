@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from datalab.devstack.platform import PlatformConfig, traefik_static_config
+from datalab.devstack.local_stack import PlatformConfig, traefik_static_config
 from datalab.devstack.servers import Process, free_ports, traefik_binary, wait_until
 
 pytestmark = pytest.mark.integration

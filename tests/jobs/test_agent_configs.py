@@ -18,7 +18,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 def test_every_hcl_config_parses():
     files = sorted(CONFIG.rglob("*.hcl"))
-    assert {p.parent.name for p in files} >= {"nomad", "consul", "vault", "policies"}
+    assert {p.parent.name for p in files} >= {"nomad", "consul", "vault", "acl"}
     for path in files:
         assert hcl2.loads(path.read_text()) is not None, path
 

@@ -497,7 +497,7 @@ def context_files() -> list[Path]:
 
 def test_dockerignore_keeps_the_context_small_and_complete():
     for path in [".venv", ".tools", ".datalab", "tools/hashistack/bin", ".git", "tests", "bench", ".cluster",
-                 "services/__pycache__", "services/core/__pycache__/app.cpython-311.pyc", "datalab.egg-info",
+                 "services/__pycache__", "services/datalab/core/__pycache__/app.cpython-311.pyc", "datalab.egg-info",
                  "jobs", "scripts/build-image", ".cluster/images/datalab-0.1.0.tar.gz"]:
         assert ignored(path), f"{path} is sent to the Docker engine"
     # Everything the Dockerfile copies or bind-mounts from the context is in it.
@@ -512,7 +512,7 @@ def test_dockerignore_keeps_the_context_small_and_complete():
     for source in needed:
         assert (ROOT / source).exists() and not ignored(source.rstrip("/")), f"{source} is not in the context"
     files = context_files()
-    assert ROOT / "services" / "cli.py" in files and ROOT / "uv.lock" in files
+    assert ROOT / "services" / "datalab" / "cli.py" in files and ROOT / "uv.lock" in files
     size = sum(f.stat().st_size for f in files)
     assert size < 5 * 2**20, f"the build context is {size / 2**20:.1f} MiB"
     secretish = [f for f in files if f.suffix != ".py" and re.search(
@@ -573,11 +573,11 @@ def test_build_image_says_clearly_when_there_is_no_docker(tmp_path):
 # ---- the builder stage, executed ----------------------------------------------------------
 
 def service_modules() -> list[str]:
-    tree = ast.parse((ROOT / "services" / "cli.py").read_text())
+    tree = ast.parse((ROOT / "services" / "datalab" / "cli.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SERVICES" for t in node.targets):
             return list(ast.literal_eval(node.value).values())
-    pytest.fail("services/cli.py has no SERVICES table")
+    pytest.fail("services/datalab/cli.py has no SERVICES table")
 
 
 def manifest(tree: Path) -> dict[str, str]:
@@ -718,7 +718,7 @@ for name in sys.argv[1:]:
 import datalab
 assert datalab.__file__.startswith(sys.prefix), ("not the installed wheel", datalab.__file__)
 import polars as pl
-from datalab.ai import training
+from datalab.ml import training
 frame = pl.DataFrame({"x": [float(i % 17) for i in range(80)], "z": [float(i) for i in range(80)]})
 frame = frame.with_columns((pl.col("x") * 3 + pl.col("z") / 10).alias("y"),
                            (pl.col("x") > 8).alias("flag"))

@@ -13,7 +13,7 @@ import hcl2
 import pytest
 
 from datalab.devstack.hashistack import find_binary
-from datalab.hashicorp import vault
+from datalab.ops import vault_bootstrap as vault
 from hcl_plain import plain
 from traefik_config import assert_entrypoint_timeouts
 

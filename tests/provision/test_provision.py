@@ -208,8 +208,8 @@ def test_the_project_is_copied_off_the_synced_folder(cluster, node):
     src = cluster.roots[node] / "opt/datalab/src"
     for name in RUNTIME_FILES:
         assert (src / name).exists(), name
-    policies = sorted(p.name for p in (src / "config/vault/policies").iterdir())  # vault bootstrap reads them
-    assert policies == sorted(p.name for p in (cluster.repo / "config/vault/policies").iterdir()) and policies
+    policies = sorted(p.name for p in (src / "services/datalab/ops/vault_policies").iterdir())  # vault bootstrap reads them
+    assert policies == sorted(p.name for p in (cluster.repo / "services/datalab/ops/vault_policies").iterdir()) and policies
     assert (src / "jobs/vars/vagrant.hcl").read_bytes() == (cluster.repo / "jobs/vars/vagrant.hcl").read_bytes()
     assert "unchanged /opt/datalab/src" in cluster.second[node]
 

@@ -4,8 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from datalab.ai import training
-from datalab.ai.training import DeviceError, RowsError, TrainingError
+from datalab.ml import training
+from datalab.ml.training import DeviceError, RowsError, TrainingError
 
 
 def frame(n: int = 120, seed: int = 0) -> pl.DataFrame:

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from datalab.ai import training
+from datalab.ml import training
 
 
 @pytest.fixture(scope="module")

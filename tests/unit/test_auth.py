@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from datalab.core.auth import Principal, TokenIssuer, TokenVerifier, generate_keypair
 from datalab.core.errors import Problem
-from datalab.core.secrets import SecretStore, write_secret
+from datalab.core.secret_files import SecretStore, write_secret
 
 
 @pytest.fixture()

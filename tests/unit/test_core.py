@@ -5,9 +5,9 @@ import stat
 import tomllib
 from pathlib import Path
 
-from datalab.core.secrets import SecretStore, write_secret
+from datalab.core.secret_files import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
-from datalab.devstack.platform import PlatformConfig, traefik_dynamic_config
+from datalab.devstack.local_stack import PlatformConfig, traefik_dynamic_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,13 +35,14 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert s.port == 9123 and s.static_services == {"data": ["http://h:1"]}
 
 
-def test_every_package_folder_is_packaged():
-    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {
-        "datalab" + ("." + ".".join(p.parent.relative_to(ROOT / "services").parts) if p.parent != ROOT / "services" else "")
-        for p in (ROOT / "services").rglob("__init__.py")
-    }
-    assert found == declared
+def test_every_module_folder_is_a_package_the_build_finds():
+    # pyproject lets setuptools find the packages under services/: a folder of modules
+    # without __init__.py would silently be left out of the wheel and the image.
+    package = ROOT / "services" / "datalab"
+    folders = {p.parent for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    assert folders and all((f / "__init__.py").exists() for f in folders), folders
+    assert "vault_policies/*.hcl" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["datalab.ops"]
 
 
 def test_traefik_protects_every_route_but_login(tmp_path):

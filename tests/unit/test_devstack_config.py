@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from datalab.devstack.platform import PlatformConfig, traefik_static_config
+from datalab.devstack.local_stack import PlatformConfig, traefik_static_config
 from traefik_config import assert_entrypoint_timeouts, go_seconds
 
 

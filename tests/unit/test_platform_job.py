@@ -9,7 +9,7 @@ import redis
 from rq import Callback
 from rq.serializers import JSONSerializer
 
-from datalab.compute.queue import EXECUTE, ON_FAILURE, PlatformJob
+from datalab.compute.dispatch import EXECUTE, ON_FAILURE, PlatformJob
 from datalab.compute.tasks import JobRefused, execute, on_failure
 
 OFFLINE = redis.Redis(port=1)  # never connected to

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from datalab.hashicorp import vault
+from datalab.ops import vault_bootstrap as vault
 
 
 @pytest.mark.parametrize("version", [150018, 160000, 180001])

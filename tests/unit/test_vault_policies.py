@@ -1,8 +1,10 @@
 """Vault policies: every file parses as HCL, and each service reads only its own paths."""
 
+from pathlib import Path
+
 import hcl2
 
-from datalab.hashicorp.vault import DB_SERVICES, POLICY_DIR, ROLES
+from datalab.ops.vault_bootstrap import DB_SERVICES, POLICY_DIR, ROLES
 
 
 def paths(service: str) -> set[str]:
@@ -53,7 +55,7 @@ def _block(doc: dict, kind: str) -> tuple[str, dict]:
 
 
 def test_server_configs_parse_and_have_the_production_shape():
-    config = POLICY_DIR.parent
+    config = Path(__file__).resolve().parents[2] / "config" / "vault"
     server = hcl2.loads((config / "server.hcl").read_text())
     assert server["ui"] is True
     storage, raft = _block(server, "storage")

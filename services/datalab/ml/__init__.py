@@ -1,0 +1,1 @@
+"""Machine-learning code shared by the ai service and the compute workers."""
