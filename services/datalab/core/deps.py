@@ -1,0 +1,59 @@
+"""Typed dependencies for route handlers, as the FastAPI template's `api/deps.py`: what the
+app factory put on `app.state`, by name and type, instead of `request.app.state.x`.
+
+    async def handler(redis: RedisDep, sessions: SessionsDep, settings: DataSettingsDep): ...
+
+A service declares its own settings alias with `settings_dependency(ItsSettings)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .secret_files import SecretStore
+from .service_client import ServiceClient
+from .settings import BaseServiceSettings
+
+S = TypeVar("S", bound=BaseServiceSettings)
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    return request.app.state.redis
+
+
+def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    return request.app.state.sessions
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+def get_services(request: Request) -> ServiceClient:
+    return request.app.state.services
+
+
+def get_secrets(request: Request) -> SecretStore:
+    return request.app.state.secrets
+
+
+def settings_dependency(cls: type[S]) -> Callable[[Request], S]:
+    def get_settings(request: Request) -> S:
+        settings = request.app.state.settings
+        assert isinstance(settings, cls), f"app built with {type(settings).__name__}, not {cls.__name__}"
+        return settings
+
+    return get_settings
+
+
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ServicesDep = Annotated[ServiceClient, Depends(get_services)]
+SecretsDep = Annotated[SecretStore, Depends(get_secrets)]
