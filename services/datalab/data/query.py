@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import polars as pl
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from datalab.contracts.datasets import column_kind
 from datalab.core.errors import Problem
 
 Op = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "contains", "is_null", "not_null"]
@@ -94,22 +95,6 @@ class Query(BaseModel):
 
 
 # ---- column types as clients see them -------------------------------------------------
-
-def column_kind(dtype: pl.DataType) -> str:
-    if dtype.is_integer():
-        return "integer"
-    if dtype.is_float() or dtype.is_decimal():
-        return "float"
-    if dtype == pl.Boolean:
-        return "boolean"
-    if dtype in (pl.String, pl.Categorical, pl.Enum) or isinstance(dtype, (pl.Categorical, pl.Enum)):
-        return "string"
-    if dtype == pl.Date:
-        return "date"
-    if isinstance(dtype, pl.Datetime):
-        return "datetime"
-    return "other"
-
 
 def describe_schema(schema: pl.Schema) -> list[dict[str, str]]:
     return [{"name": name, "type": column_kind(dtype), "dtype": str(dtype)} for name, dtype in schema.items()]

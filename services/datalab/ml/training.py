@@ -48,7 +48,7 @@ import joblib
 import numpy as np
 import polars as pl
 
-from datalab.data.query import column_kind
+from datalab.contracts.datasets import column_kind
 
 log = logging.getLogger("datalab.ml.training")
 
