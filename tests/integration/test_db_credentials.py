@@ -6,7 +6,7 @@ import secrets
 import pytest
 from sqlalchemy import text
 
-from datalab.core.db import create_engine
+from datalab.core.db import create_db_engine
 from datalab.core.secret_files import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
 
@@ -27,7 +27,7 @@ async def test_rotated_credential_is_used_by_the_next_connection(platform, tmp_p
     settings = BaseServiceSettings(
         database_url=f"postgresql+asyncpg://127.0.0.1:{platform.config.postgres_port}/datalab", db_pool_size=2
     )
-    engine = create_engine(settings, SecretStore(tmp_path))
+    engine = create_db_engine(settings, SecretStore(tmp_path))
 
     async def whoami() -> str:
         async with engine.connect() as conn:
@@ -59,7 +59,7 @@ async def test_revoked_credential_waits_for_the_next_one(platform, tmp_path):
         database_url=f"postgresql+asyncpg://127.0.0.1:{platform.config.postgres_port}/datalab", db_pool_size=2,
         db_credential_wait_seconds=20,
     )
-    engine = create_engine(settings, SecretStore(tmp_path))
+    engine = create_db_engine(settings, SecretStore(tmp_path))
 
     async def whoami() -> str:
         async with engine.connect() as conn:
@@ -91,7 +91,7 @@ async def test_rejected_credential_fails_after_the_wait_without_the_password(pla
         database_url=f"postgresql+asyncpg://127.0.0.1:{platform.config.postgres_port}/datalab",
         db_credential_wait_seconds=0.5,
     )
-    engine = create_engine(settings, SecretStore(tmp_path))
+    engine = create_db_engine(settings, SecretStore(tmp_path))
     try:
         with pytest.raises(DBAPIError, match="password authentication failed") as err:
             async with engine.connect():

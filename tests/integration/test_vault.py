@@ -35,7 +35,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from datalab.core.db import create_engine, create_schema
+from datalab.core.db import create_db_engine, create_schema
 from datalab.core.secret_files import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
 from datalab.devstack.hashistack import OpenBaoDev
@@ -330,7 +330,7 @@ def test_each_service_gets_its_own_credential_and_builds_its_tables(stack, svc, 
     async def scenario():
         # What the service does at start-up, as its Vault-issued user: its schema (made by
         # bootstrap, owned by <svc>_owner) and its tables, then ordinary use.
-        engine = create_engine(settings, SecretStore(tmp_path))
+        engine = create_db_engine(settings, SecretStore(tmp_path))
         try:
             await create_schema(engine, metadata)
             await create_schema(engine, metadata)  # idempotent, as every restart runs it

@@ -161,7 +161,7 @@ def _dataset_id(value: str) -> str:
 async def _row(request: Request, model_id: str) -> Model | None:
     if not db.is_row_id(model_id):
         return None
-    return await db.read(request.app.state.sessions, lambda session: session.get(Model, model_id))
+    return await db.read_with_retry(request.app.state.sessions, lambda session: session.get(Model, model_id))
 
 
 async def _owned(request: Request, model_id: str, principal: Principal, action: str) -> Model:

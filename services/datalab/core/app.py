@@ -23,7 +23,7 @@ from sqlalchemy import MetaData
 from .auth import TokenVerifier
 from .cache import create_redis
 from .service_client import ServiceClient
-from .db import create_engine, create_schema, ping, sessionmaker
+from .db import create_db_engine, create_schema, ping, session_factory
 from .discovery import create_discovery
 from .errors import install_error_handlers, problem_response
 from .logs import configure_logging
@@ -57,8 +57,8 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
-        state.engine = create_engine(settings, secrets) if spec.metadata is not None else None
-        state.sessions = sessionmaker(state.engine) if state.engine is not None else None
+        state.engine = create_db_engine(settings, secrets) if spec.metadata is not None else None
+        state.sessions = session_factory(state.engine) if state.engine is not None else None
         state.redis = create_redis(settings, secrets)
         state.services = ServiceClient(create_discovery(settings, secrets))
         try:

@@ -41,7 +41,7 @@ def is_row_id(value: str) -> bool:
     return True
 
 
-def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncEngine:
+def create_db_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncEngine:
     url = make_url(settings.database_url)
     connect_args = {"host": url.host, "port": url.port, "database": url.database, "timeout": 5,
                     "command_timeout": 60, **url.query}
@@ -84,7 +84,7 @@ def create_engine(settings: BaseServiceSettings, secrets: SecretStore) -> AsyncE
     )
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
@@ -122,7 +122,9 @@ def is_disconnect(exc: BaseException) -> bool:
     )
 
 
-async def read(sessions: async_sessionmaker, fn: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3) -> T:
+async def read_with_retry(
+    sessions: async_sessionmaker, fn: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3
+) -> T:
     """Run a read-only unit of work, again on a fresh connection if the first one was cut
     mid-query: a credential rotation then costs a retry, not a failed request."""
     for attempt in range(attempts):

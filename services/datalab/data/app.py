@@ -143,7 +143,7 @@ async def _owned(request: Request, dataset_id: str, principal: Principal) -> Dat
     """The dataset if the caller may see it; 404 otherwise (others' datasets do not exist)."""
     if not db.is_row_id(dataset_id):
         raise Problem(404, f"No dataset {dataset_id!r}.")
-    ds = await db.read(request.app.state.sessions, lambda session: session.get(Dataset, dataset_id))
+    ds = await db.read_with_retry(request.app.state.sessions, lambda session: session.get(Dataset, dataset_id))
     if ds is not None and ds.owner_id != principal.user_id and not principal.is_admin:
         audit("dataset.access", "denied", actor=principal.user_id, object=dataset_id, request=request)
         ds = None

@@ -186,7 +186,7 @@ async def login(request: Request, form: Annotated[LoginForm, Depends()]) -> Toke
         audit("login", "denied", actor=form.username, object=f"user:{form.username}", request=request,
               reason="rate limit")
         raise
-    user = await db.read(request.app.state.sessions,
+    user = await db.read_with_retry(request.app.state.sessions,
                          lambda session: session.scalar(select(User).where(User.username == form.username)))
     ok = await _password_ok(user.password_hash if user else _DUMMY_HASH, form.password)
     if user is None or not ok or user.disabled:
@@ -210,7 +210,7 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
         audit("token.refresh", "failure", actor=claims.get("name"), object=f"user:{claims['sub']}",
               request=request, reason="replayed")
         raise Problem(401, "This refresh token was already used.")
-    user = await db.read(request.app.state.sessions, lambda session: session.get(User, claims["sub"]))
+    user = await db.read_with_retry(request.app.state.sessions, lambda session: session.get(User, claims["sub"]))
     if user is None or user.disabled:
         audit("token.refresh", "failure", actor=claims.get("name"), object=f"user:{claims['sub']}",
               request=request, reason="user gone or disabled")
@@ -298,7 +298,7 @@ async def _key_entry(request: Request, prefix: str) -> KeyEntry | None:
 
     # Every cold API-key request through the edge comes here (forwardAuth): a session cut
     # by a credential rotation costs a retry, not a refused request.
-    row = await db.read(request.app.state.sessions, lookup)
+    row = await db.read_with_retry(request.app.state.sessions, lookup)
     return _entry(*row) if row is not None else None
 
 
