@@ -21,7 +21,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROBLEM = "application/problem+json"
 CITIES = ["Paris", "Berlin", "Rome", "Oslo"]
 CSV = "id,city,month,day,sales,units,score\n" + "".join(
-    f"{i},{CITIES[i % 4]},{i % 12 + 1},2024-{i % 12 + 1:02d}-{i % 28 + 1:02d},{(i * 37) % 101 / 3:.2f},{i % 7},{i / 40:.3f}\n"
+    f"{i},{CITIES[i % 4]},{i % 12 + 1},2024-{i % 12 + 1:02d}-{i % 28 + 1:02d},"
+    f"{(i * 37) % 101 / 3:.2f},{i % 7},{i / 40:.3f}\n"
     for i in range(40)
 )
 
@@ -174,7 +175,7 @@ def test_delete_drops_the_charts(http, owner, cache):
 
     assert http.delete(f"/api/v1/data/datasets/{ds}", headers=owner).status_code == 204
     assert eventually(lambda: not cache.exists(index, *image_keys))
-    for spec, etag in zip(specs, etags):
+    for spec, etag in zip(specs, etags, strict=True):
         assert_problem(post(http, owner, spec, **{"If-None-Match": etag}), 404)  # never a 304
 
 
@@ -263,7 +264,8 @@ async def test_data_down_is_503(platform, owner, dataset):
     """A viz instance whose discovery finds data dead (a port nothing listens on); the rest
     is real: the platform's Redis, secrets and the caller's token."""
     from datalab.devstack.servers import free_port
-    from datalab.viz.app import VizSettings, build_app
+    from datalab.viz.app import build_app
+    from datalab.viz.settings import VizSettings
 
     settings = VizSettings(
         home=platform.config.home, secrets_dir=platform.secrets_dir,

@@ -11,8 +11,9 @@ import pytest
 from matplotlib import image as mpimg
 
 from datalab.core.errors import Problem
-from datalab.viz.app import RenderPool, etag_matches, negotiate
+from datalab.viz.negotiation import etag_matches, negotiate
 from datalab.viz.render import MAX_CATEGORIES, MAX_SERIES, draw, render
+from datalab.viz.render_pool import RenderPool
 from datalab.viz.spec import VALUE, ChartError, ChartSpec
 
 DS = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -37,7 +38,8 @@ def png_shape(data: bytes) -> tuple[int, int]:
         ({"kind": "line", "x": "day", "y": "y", "group_by": "city"}, POINTS),
         ({"kind": "scatter", "x": "x", "y": "y"}, POINTS),
         ({"kind": "histogram", "x": "x", "group_by": "city", "bins": 7}, POINTS),
-        ({"kind": "heatmap", "x": "city", "y": "n"}, [{"city": "A", "n": 1, VALUE: 3}, {"city": "B", "n": 2, VALUE: 1}]),
+        ({"kind": "heatmap", "x": "city", "y": "n"},
+         [{"city": "A", "n": 1, VALUE: 3}, {"city": "B", "n": 2, VALUE: 1}]),
         ({"kind": "heatmap", "x": "x", "y": "city", "value": "n", "aggregate": "median"}, POINTS),
         ({"kind": "scatter", "x": "x", "y": "y", "title": "cost in $ and $$ {"}, []),  # no mathtext, no data
     ],

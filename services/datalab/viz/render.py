@@ -1,17 +1,20 @@
 """Drawing a chart spec's data to PNG or SVG bytes with matplotlib.
 
-Only the object API (a `Figure` per call on an Agg canvas), never pyplot's global state:
-renders run concurrently in threads. Output is byte-for-byte reproducible (no dates, no
-random SVG ids), which is what lets the cache key double as a strong ETag.
+Runs in the render worker processes (render_pool.RenderPool), each drawing one chart at a
+time and many in its life: only the object API (a `Figure` per call on an Agg canvas),
+never pyplot's global state, so a render leaves nothing behind for the next. Output is
+byte-for-byte reproducible (no dates, no random SVG ids), which is what lets the cache key
+double as a strong ETag.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -30,12 +33,12 @@ MAX_CATEGORIES = 200  # bars, or cells along one heatmap axis
 DPI = 100
 
 # SVG ids are salted with a random uuid per render unless this is set; a fixed salt keeps
-# the bytes stable for equal input. Set once here: rc_context per render is not thread-safe.
+# the bytes stable for equal input. Set once, at import: every worker imports this module.
 matplotlib.rcParams["svg.hashsalt"] = "datalab-viz"
 _METADATA: dict[str, dict[str, Any]] = {"png": {"Software": None}, "svg": {"Date": None}}
 
 
-def draw(spec: ChartSpec, types: dict[str, str], body: bytes, fmt: Format) -> tuple[bytes, float]:
+def draw(spec: ChartSpec, types: Mapping[str, str], body: bytes, fmt: Format) -> tuple[bytes, float]:
     """The render workers' entry point: data's raw query answer in, (image, seconds) out.
     JSON is parsed here, in the worker, not on the service's event loop."""
     start = time.perf_counter()
@@ -43,7 +46,7 @@ def draw(spec: ChartSpec, types: dict[str, str], body: bytes, fmt: Format) -> tu
     return image, time.perf_counter() - start
 
 
-def render(spec: ChartSpec, types: dict[str, str], result: dict[str, Any], fmt: Format) -> bytes:
+def render(spec: ChartSpec, types: Mapping[str, str], result: dict[str, Any], fmt: Format) -> bytes:
     """The chart of data's query `result` (columns, rows, total) as image bytes."""
     rows = [_parse_dates(r, types) for r in result["rows"]]
     rows, dropped = _binnable(spec, types, rows)
@@ -99,7 +102,7 @@ def _label(value: Any) -> str:
     return _text(value)
 
 
-def _parse_dates(row: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
+def _parse_dates(row: dict[str, Any], types: Mapping[str, str]) -> dict[str, Any]:
     """Data sends dates as ISO text; as datetimes they get a time axis."""
     out = dict(row)
     for name, value in row.items():
@@ -108,7 +111,8 @@ def _parse_dates(row: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _binnable(spec: ChartSpec, types: dict[str, str], rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def _binnable(spec: ChartSpec, types: Mapping[str, str],
+              rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Rows that have a place in the bins, and how many do not. Binning needs finite numbers:
     a float column can hold NaN or ±inf, which data sends as null (they are not SQL nulls, so
     its not_null filter keeps them)."""
@@ -158,6 +162,7 @@ def _categories(name: str, values: Sequence[Any]) -> list[Any]:
 def _series(fig: Figure, ax: Axes, spec: ChartSpec, rows: list[dict[str, Any]]) -> None:
     """bar, line and scatter: one series per group_by value."""
     ykey = VALUE if spec.func is not None else spec.y
+    assert ykey is not None  # ChartSpec: raw points need y
     groups = _groups(spec, rows)
     if spec.kind == "bar":
         cats = _categories(spec.x, [r[spec.x] for r in rows])
@@ -190,7 +195,7 @@ def _histogram(ax: Axes, spec: ChartSpec, rows: list[dict[str, Any]]) -> None:
     edges = np.histogram_bin_edges(np.array([r[spec.x] for r in rows], dtype=float), bins=spec.nbins)
     for name, points in groups.items():
         values = np.array([p[spec.x] for p in points], dtype=float)
-        ax.hist(values, bins=edges, alpha=0.6 if spec.group_by else 1.0, edgecolor="white",
+        ax.hist(values, bins=edges.tolist(), alpha=0.6 if spec.group_by else 1.0, edgecolor="white",
                 label=None if name is None else _text(name))
     ax.set_xlabel(_text(spec.x))
     ax.set_ylabel("count")
@@ -198,12 +203,12 @@ def _histogram(ax: Axes, spec: ChartSpec, rows: list[dict[str, Any]]) -> None:
         ax.legend(title=_text(spec.group_by), fontsize="small")
 
 
-def _heatmap(fig: Figure, ax: Axes, spec: ChartSpec, types: dict[str, str], rows: list[dict[str, Any]]) -> None:
+def _heatmap(fig: Figure, ax: Axes, spec: ChartSpec, types: Mapping[str, str], rows: list[dict[str, Any]]) -> None:
     assert spec.y is not None
     x_index, x_labels = _axis(spec.x, types[spec.x], [r[spec.x] for r in rows], spec.nbins)
     y_index, y_labels = _axis(spec.y, types[spec.y], [r[spec.y] for r in rows], spec.nbins)
     cells: dict[tuple[int, int], list[Any]] = {}
-    for r, i, j in zip(rows, x_index, y_index):
+    for r, i, j in zip(rows, x_index, y_index, strict=True):
         cells.setdefault((j, i), []).append(r)
     grid = np.full((len(y_labels), len(x_labels)), np.nan)
     for (j, i), members in cells.items():
@@ -223,7 +228,7 @@ def _axis(name: str, kind: str, values: list[Any], bins: int) -> tuple[list[int]
         data = np.array(values, dtype=float)
         edges = np.histogram_bin_edges(data, bins=bins)
         index = np.clip(np.searchsorted(edges, data, side="right") - 1, 0, bins - 1)
-        return index.tolist(), [f"{a:.3g}–{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
+        return index.tolist(), [f"{a:.3g}–{b:.3g}" for a, b in itertools.pairwise(edges)]
     cats = _categories(name, values)
     pos = {c: i for i, c in enumerate(cats)}
     return [pos[v] for v in values], [_label(c) for c in cats]
@@ -236,11 +241,17 @@ def _cell(spec: ChartSpec, members: list[dict[str, Any]], raw: bool) -> float:
         return np.nan if value is None else float(value)
     if spec.func == "count":
         return float(len(members))
-    values = np.array([m[spec.value] for m in members if m[spec.value] is not None], dtype=float)
+    column = spec.value
+    assert column is not None and spec.func is not None  # ChartSpec: an aggregate but count needs value
+    values = np.array([m[column] for m in members if m[column] is not None], dtype=float)
     if values.size == 0:
         return np.nan
-    return float({"sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max,
-                  "median": np.median}[spec.func](values))
+    return float(_REDUCE[spec.func](values))
+
+
+_REDUCE: dict[str, Callable[[np.ndarray], Any]] = {
+    "sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max, "median": np.median,
+}
 
 
 def _ticks(axis: Any, labels: list[str]) -> None:

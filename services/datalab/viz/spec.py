@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 from uuid import UUID
 
@@ -130,7 +131,7 @@ def cache_key(spec: ChartSpec, fmt: Format, dataset_version: str, renderer: str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def check_columns(spec: ChartSpec, types: dict[str, str]) -> None:
+def check_columns(spec: ChartSpec, types: Mapping[str, str]) -> None:
     """Every named column exists and has a type the chart can draw; a 422 naming it if not."""
     roles = {"x": spec.x, "y": spec.y, "value": spec.value, "group_by": spec.group_by}
     for role, name in roles.items():
@@ -152,16 +153,16 @@ def check_columns(spec: ChartSpec, types: dict[str, str]) -> None:
             raise ChartError(f"Column {name!r} ({role}) is {types[name]}; a {spec.kind} chart needs it numeric.", name)
 
 
-def binned_axes(spec: ChartSpec, types: dict[str, str]) -> bool:
+def binned_axes(spec: ChartSpec, types: Mapping[str, str]) -> bool:
     """Whether a heatmap has a float axis, so viz (not data) does the binning."""
     return spec.kind == "heatmap" and "float" in (types[spec.x], types[spec.y or spec.x])
 
 
-def build_query(spec: ChartSpec, types: dict[str, str]) -> dict[str, Any]:
+def build_query(spec: ChartSpec, types: Mapping[str, str]) -> dict[str, Any]:
     """The body for data's `POST /datasets/{id}/query` that yields this chart's data.
     Rows with a null axis or group are left out: they have no place on the chart."""
     keys = [c for c in (spec.x, spec.y if spec.kind == "heatmap" else None, spec.group_by) if c]
-    not_null = [{"column": c, "op": "not_null"} for c in keys]
+    not_null: list[dict[str, Any]] = [{"column": c, "op": "not_null"} for c in keys]
     if spec.func is not None and not binned_axes(spec, types):
         # Data groups and aggregates; count counts an axis column, which is never null here.
         column = spec.value if spec.kind == "heatmap" else spec.y
