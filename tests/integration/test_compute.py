@@ -83,7 +83,8 @@ def test_a_job_that_raises_ends_failed_with_its_error(http, owner):
     job = wait_for(http, owner, submit(http, owner, type="correlation", dataset_id=one_numeric, retries=1).json()["id"],
                    timeout=90)
     assert job["status"] == "failed"
-    assert job["error"] == "datalab.compute.jobs.JobError: correlation needs at least two numeric columns, the dataset has 1"
+    assert job["error"] == ("datalab.compute.jobs.JobError: "
+                            "correlation needs at least two numeric columns, the dataset has 1")
     assert job["retries_left"] == 0  # a deterministic error spends no retries
     assert "Traceback" not in job["error"]
 

@@ -29,7 +29,8 @@ def assert_problem(resp, *statuses):
 
 
 def upload(http, headers, content: str = LINE) -> str:
-    resp = http.post("/api/v1/data/datasets", headers=headers, files={"file": ("line.csv", content.encode(), "text/csv")})
+    resp = http.post("/api/v1/data/datasets", headers=headers,
+                     files={"file": ("line.csv", content.encode(), "text/csv")})
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
 
@@ -170,7 +171,7 @@ def test_the_worker_refuses_an_unknown_job_type_and_foreign_callbacks(platform, 
     foreign = q.enqueue("datalab.compute.tasks.execute", kwargs={"job_type": "noop", "params": {}},
                         on_success=Callback("builtins.print"))
     for job in (unknown, foreign):
-        assert eventually(lambda: Job.fetch(job.id, connection=rq_redis, serializer=JSONSerializer)
+        assert eventually(lambda job=job: Job.fetch(job.id, connection=rq_redis, serializer=JSONSerializer)
                           .get_status().value in ENDED, timeout=60)
         assert Job.fetch(job.id, connection=rq_redis, serializer=JSONSerializer).get_status().value == "failed"
 

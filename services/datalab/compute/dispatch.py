@@ -1,5 +1,6 @@
-"""RQ plumbing shared by the compute API and the workers: queues, submission, job views,
-cancellation and the reaper that keeps a dead worker's job from staying `started`.
+"""RQ plumbing shared by the compute API and the workers: queues, the jobs a worker agrees
+to run (PlatformJob), dispatchers, job views and lists, cancellation, and the reap that
+keeps a dead worker's job from staying `started`.
 
 RQ's client is synchronous; the API calls these functions with `asyncio.to_thread`.
 """
@@ -35,6 +36,11 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # RQ's ids are uuid4; nothing else 
 ACTIVE = frozenset({"queued", "deferred", "scheduled", "started"})  # counted against a user's quota
 EXECUTE = f"{execute.__module__}.{execute.__qualname__}"
 ON_FAILURE = f"{on_failure.__module__}.{on_failure.__qualname__}"
+
+
+def _text(value: object) -> str:
+    """A Redis reply's member as text (the connections answer bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def index_key(owner_id: str) -> str:
@@ -145,7 +151,7 @@ def count_active(connection: redis.Redis, owner_id: str) -> int:
     """How many of the owner's jobs are queued, deferred, scheduled or started. The set
     holds ids since submission; the ones that ended (or expired) are dropped here."""
     key = active_key(owner_id)
-    ids = [i.decode() for i in connection.smembers(key)]
+    ids = [_text(i) for i in connection.smembers(key)]
     with connection.pipeline() as pipe:
         for job_id in ids:
             pipe.hget(PlatformJob.key_for(job_id), "status")
@@ -196,6 +202,23 @@ def view(job: Job) -> dict[str, Any]:
         else:
             out["error"] = error_text(info) or "The job failed."
     return out
+
+
+def list_views(connection: redis.Redis, owner_id: str | None, *, status: str | None, job_type: str | None,
+               offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of the owner's jobs (every job for None: an admin), newest first, with the
+    number that pass the filters. Ids whose job expired (result/failure TTL) leave the index."""
+    index = INDEX_ALL if owner_id is None else index_key(owner_id)
+    views = []
+    for job_id in [_text(i) for i in connection.zrevrange(index, 0, -1)]:
+        job = fetch(connection, job_id)
+        if job is None:
+            connection.zrem(index, job_id)
+            continue
+        v = view(job)
+        if (status is None or v["status"] == status) and (job_type is None or v["type"] == job_type):
+            views.append(v)
+    return views[offset : offset + limit], len(views)
 
 
 def cancel(connection: redis.Redis, job: Job) -> str:
@@ -249,8 +272,23 @@ class NomadDispatcher:
         self.api = nomad_client(address, token)
         self.job_id = job_id
 
-    def submit(self, connection, submission):
+    def submit(self, connection: redis.Redis, submission: Submission) -> Job:
         job = RQDispatcher().submit(connection, replace(submission, queue=self.queue))
         self.api.job.dispatch_job(self.job_id, meta={"rq_job_id": job.id, "job_type": submission.job_type},
                                   idempotency_token=job.id)
         return job
+
+
+@dataclass(frozen=True)
+class Dispatchers:
+    """Where a submission goes: to Nomad for the queues it takes (when there is a Nomad
+    address), to the RQ workers otherwise."""
+
+    rq: RQDispatcher
+    nomad: NomadDispatcher | None = None
+    nomad_queues: frozenset[str] = frozenset()
+
+    def for_queue(self, queue_name: str) -> Dispatcher:
+        if self.nomad is not None and queue_name in self.nomad_queues:
+            return self.nomad
+        return self.rq

@@ -1,6 +1,6 @@
 """The job types compute runs: their parameters (checked at submission) and their work
 (run by a worker). Each function takes its validated params and a `JobContext` that loads
-datasets and reports progress, and returns a JSON-serialisable result.
+datasets, calls the ai service and reports progress, and returns a JSON-serialisable result.
 """
 
 from __future__ import annotations
@@ -9,11 +9,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
+
+from datalab.contracts import routes
+from datalab.ml import training
 
 
 class JobContext(Protocol):
@@ -24,7 +28,7 @@ class JobContext(Protocol):
     def call_service(self, service: str, method: str, path: str, json: Any = None) -> Any: ...
 
     @property
-    def models_dir(self): ...
+    def models_dir(self) -> Path: ...
 
     @property
     def device(self) -> str: ...  # "cpu" | "cuda", chosen by settings (DATALAB_DEVICE)
@@ -81,8 +85,8 @@ class TrainModelParams(DatasetParams):
     model_id: str = Field(pattern=UUID_PATTERN)
     target: str
     features: list[str] = Field(min_length=1)
-    kind: Literal["linear", "logistic", "random_forest", "gradient_boosting"]
-    params: dict[str, Any] = Field(default_factory=dict)  # hyperparameters: ai.training.PARAMS
+    kind: training.Kind
+    params: dict[str, Any] = Field(default_factory=dict)  # hyperparameters: ml.training.PARAMS
 
 
 # ---- the work --------------------------------------------------------------------------
@@ -152,9 +156,8 @@ def monte_carlo(p: MonteCarloParams, ctx: JobContext) -> dict:
 
 
 def train_model(p: TrainModelParams, ctx: JobContext) -> dict:
-    """The AI service's training code, run on a worker; the AI service gets the outcome."""
-    from datalab.ml import training  # imported here: only this job needs scikit-learn
-
+    """The platform's training code (ml.training, as the ai service runs it), run on a
+    worker; the ai service gets the outcome."""
     frame = ctx.load_dataset(p.dataset_id)
     ctx.progress(0.2, "loaded")
     try:
@@ -164,7 +167,7 @@ def train_model(p: TrainModelParams, ctx: JobContext) -> dict:
     ctx.progress(0.8, "trained")
     # The API checked the model was this submitter's and awaiting training; check again
     # just before replacing an artifact (it may have been deleted, or trained, meanwhile).
-    current = ctx.call_service("ai", "GET", f"/api/v1/ai/models/{p.model_id}")
+    current = ctx.call_service("ai", "GET", routes.model(p.model_id))
     if current.get("status") != "training" or current.get("job_id") not in (None, ctx.job_id):
         raise JobError(f"model {p.model_id} is no longer awaiting this training")
     try:
@@ -181,19 +184,28 @@ def train_model(p: TrainModelParams, ctx: JobContext) -> dict:
         "device": model.device,
         "job_id": ctx.job_id,
     }
-    ctx.call_service("ai", "PUT", f"/api/v1/ai/models/{p.model_id}/result", outcome)
+    ctx.call_service("ai", "PUT", routes.model_result(p.model_id), outcome)
     return {"model_id": p.model_id, "metrics": model.metrics}
+
+
+# The registered types' names: the API's enum (any other name is a 422 from validation).
+JobTypeName = Literal["noop", "sleep", "describe", "correlation", "monte_carlo", "train_model"]
 
 
 @dataclass(frozen=True)
 class JobType:
-    name: str
+    name: JobTypeName
     params: type[Params]
     run: Callable[[Any, JobContext], dict]
     queue: str = "default"
     timeout: int = 600  # seconds before the worker kills it
     retries: int = 0  # default retries (a submission may ask for others)
     description: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The type as GET /job-types lists it, its params as a JSON schema."""
+        return {"type": self.name, "queue": self.queue, "timeout": self.timeout, "retries": self.retries,
+                "description": self.description, "params": self.params.model_json_schema()}
 
 
 JOB_TYPES: dict[str, JobType] = {
@@ -209,3 +221,5 @@ JOB_TYPES: dict[str, JobType] = {
                 description="train a model with the AI service's code and report back to it"),
     ]
 }
+if tuple(JOB_TYPES) != get_args(JobTypeName):
+    raise RuntimeError(f"JobTypeName {get_args(JobTypeName)} does not name the job types {tuple(JOB_TYPES)}")

@@ -1,9 +1,11 @@
 """What runs inside a worker: the one RQ entry point, its context and its callbacks.
 
 RQ stores `datalab.compute.tasks.execute` plus (type, params) in each job (JSON serializer:
-no pickles in Redis). The worker process holds one `WorkerContext`: settings, secrets, the
-core service client on a private event loop, and the platform's service identity, which
-it uses to read datasets on the submitter's behalf (the API checked access at submission).
+no pickles in Redis); PlatformJob (dispatch.py) runs nothing else, and that name and
+`on_failure`'s are what it checks, so both stay here. The worker process holds one
+`WorkerContext`: settings, secrets, the core service client on a private event loop, and
+the platform's service identity, with which it reads datasets (through the DataClient) on
+the submitter's behalf (the API checked access at submission) and reports to ai.
 """
 
 from __future__ import annotations
@@ -12,33 +14,32 @@ import asyncio
 import io
 import logging
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
-from prometheus_client import Histogram
 from pydantic import ValidationError
 from rq import get_current_job
 
-from datalab.core.service_client import ServiceClient
+from datalab.contracts import routes
+from datalab.contracts.data_client import DataClient, DataServiceError
 from datalab.core.discovery import create_discovery
 from datalab.core.identity import ServiceIdentity
 from datalab.core.secret_files import SecretStore
-from datalab.core.settings import BaseServiceSettings, ensure_dir
+from datalab.core.service_client import ServiceClient
+from datalab.core.settings import ensure_dir
+from datalab.ml import training
 
 from .jobs import JOB_TYPES, JobError
+from .settings import WorkerSettings
 
 log = logging.getLogger("datalab.worker")
-
-# Observed by the worker's main process (see worker.py).
-JOB_DURATION = Histogram(
-    "datalab_job_duration_seconds", "Job run time in the worker", ["type", "outcome"],
-    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
-)
+T = TypeVar("T")
 
 
 class JobRefused(Exception):
-    """A queued job that is not one of the platform's (see queue.PlatformJob): it fails
+    """A queued job that is not one of the platform's (see dispatch.PlatformJob): it fails
     without anything it names being imported or run."""
 
 
@@ -48,7 +49,7 @@ class WorkerContext:
     _instance: WorkerContext | None = None
     _lock = threading.Lock()
 
-    def __init__(self, settings: BaseServiceSettings):
+    def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.secrets = SecretStore(settings.secrets_dir)
         self.loop = asyncio.new_event_loop()
@@ -61,9 +62,7 @@ class WorkerContext:
     def device(self) -> str:
         """Where training runs, chosen by DATALAB_DEVICE like the ai service (probed once)."""
         if self._device is None:
-            from datalab.ml import training
-
-            self._device = training.select_device(getattr(self.settings, "device", "auto"))
+            self._device = training.select_device(self.settings.device)
         return self._device
 
     @property
@@ -75,14 +74,14 @@ class WorkerContext:
     def current(cls) -> WorkerContext:
         with cls._lock:
             if cls._instance is None:
-                cls._instance = cls(BaseServiceSettings())
+                cls._instance = cls(WorkerSettings())
             return cls._instance
 
     @classmethod
     def install(cls, context: WorkerContext) -> None:
         cls._instance = context
 
-    def _run(self, coro):
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
     def call_service(self, service: str, method: str, path: str, json: Any = None) -> Any:
@@ -96,18 +95,21 @@ class WorkerContext:
         return resp.json() if resp.body else None
 
     def load_dataset(self, dataset_id: str) -> pl.DataFrame:
-        async def fetch():
-            token = await self.identity.token()
-            return await self.client.request(
-                "data", "GET", f"/api/v1/data/datasets/{dataset_id}/content", token=token
-            )
+        """The dataset, read as the platform. Whatever data answered ends the job (JobError,
+        no retries); data not answering is a failure retries are for."""
 
-        resp = self._run(fetch())
-        if resp.status == 404:
-            raise JobError(f"dataset {dataset_id} no longer exists")
-        if resp.status != 200:
-            raise JobError(f"the data service answered {resp.status} for dataset {dataset_id}")
-        return pl.read_parquet(io.BytesIO(resp.body))
+        async def fetch() -> bytes:
+            return await DataClient(self.client, await self.identity.token()).content(dataset_id)
+
+        try:
+            content = self._run(fetch())
+        except DataServiceError as exc:
+            if exc.upstream_status == 404:
+                raise JobError(f"dataset {dataset_id} no longer exists") from None
+            if exc.upstream_status is not None:
+                raise JobError(f"the data service answered {exc.upstream_status} for dataset {dataset_id}") from None
+            raise
+        return pl.read_parquet(io.BytesIO(content))
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         job = get_current_job()
@@ -157,7 +159,7 @@ def _report_training_failure(job, exc_value) -> None:
         return
     try:
         WorkerContext.current().call_service(
-            "ai", "PUT", f"/api/v1/ai/models/{model_id}/result",
+            "ai", "PUT", routes.model_result(model_id),
             {"status": "failed", "error": error_text(exc_value) or "the training job failed", "job_id": job.id},
         )
     except Exception as exc:  # the job's own failure is already recorded; log and move on

@@ -12,10 +12,9 @@ main process, since a work horse's metrics die with it.
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import redis
-from prometheus_client import start_http_server
+from prometheus_client import Histogram, start_http_server
 from rq import Worker
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
@@ -26,21 +25,14 @@ from datalab.core.secret_files import SecretStore
 from datalab.core.settings import BaseServiceSettings
 
 from .dispatch import PlatformJob, queue
-from .tasks import JOB_DURATION, WorkerContext
+from .settings import WorkerSettings
+from .tasks import WorkerContext
 
 log = logging.getLogger("datalab.worker")
-
-
-class WorkerSettings(BaseServiceSettings):
-    service_name: str = "worker"
-    worker_queues: list[str] = ["default", "heavy"]
-    worker_max_jobs: int | None = None  # a dispatched compute-batch allocation runs exactly one
-    worker_metrics_port: int | None = None  # Prometheus /metrics of this worker
-    job_monitoring_interval: int = 5  # seconds between heartbeats while a job runs
-    heartbeat_grace: int = 10  # seconds after a missed heartbeat before a job is abandoned
-    maintenance_interval: int = 15  # seconds between registry clean-ups (the reaper)
-    worker_burst: bool = False  # quit when the queues are empty (tests, batch runs)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # for train_model, as in the ai service
+JOB_DURATION = Histogram(
+    "datalab_job_duration_seconds", "Job run time in the worker", ["type", "outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+)
 
 
 class DataLabWorker(Worker):

@@ -8,6 +8,7 @@ handler lets it answer; a worker turns it into a failed job with the same words.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from datalab.core.errors import Problem
@@ -21,13 +22,21 @@ PASSED_ON = (401, 403, 404, 422)  # the data service's refusals: the caller's, s
 
 
 class DataServiceError(Problem):
-    pass
+    """`upstream_status`: what the data service answered; None when it did not answer."""
+
+    def __init__(self, status: int, detail: str, *, upstream_status: int | None = None, **kwargs: Any):
+        super().__init__(status, detail, **kwargs)
+        self.upstream_status = upstream_status
 
 
 class DataClient:
-    def __init__(self, services: ServiceClient, token: str | None):
+    """`passed_on`: the data service's refusals answered as it said them; any other answer
+    but 200 and 404 is a 502 (`passed_on=()`: every one of them is, as compute's API has it)."""
+
+    def __init__(self, services: ServiceClient, token: str | None, *, passed_on: Collection[int] = PASSED_ON):
         self.services = services
         self.token = token
+        self.passed_on = passed_on
 
     async def _call(self, method: str, path: str, *, dataset_id: str, json: Any = None) -> ServiceResponse:
         try:
@@ -39,14 +48,16 @@ class DataClient:
         if resp.status == 200:
             return resp
         if resp.status == 404:
-            raise DataServiceError(404, f"No dataset {dataset_id!r}.")
-        if resp.status in PASSED_ON:
+            raise DataServiceError(404, f"No dataset {dataset_id!r}.", upstream_status=404)
+        if resp.status in self.passed_on:
             try:
                 detail = resp.json().get("detail")
             except (ValueError, AttributeError):
                 detail = None
-            raise DataServiceError(resp.status, detail or "The data service refused the request.")
-        raise DataServiceError(502, f"The data service answered {resp.status} for dataset {dataset_id!r}.")
+            raise DataServiceError(resp.status, detail or "The data service refused the request.",
+                                   upstream_status=resp.status)
+        raise DataServiceError(502, f"The data service answered {resp.status} for dataset {dataset_id!r}.",
+                               upstream_status=resp.status)
 
     async def dataset(self, dataset_id: str) -> DatasetOut:
         resp = await self._call("GET", routes.dataset(dataset_id), dataset_id=dataset_id)
