@@ -325,7 +325,8 @@ def test_result_contract_as_the_worker_uses_it(platform, http, owner, datasets, 
     rng = np.random.default_rng(3)
     x = rng.uniform(0, 10, 200)
     frame = pl.DataFrame({"x": x, "y": 3 * x + rng.normal(0, 0.2, 200)})
-    training.save(training.fit(frame, "y", ["x"], "random_forest"), platform.config.home / "models" / f"{model_id}.joblib")
+    training.save(training.fit(frame, "y", ["x"], "random_forest"),
+                  platform.config.home / "models" / f"{model_id}.joblib")
     report = {"status": "ready", "metrics": {"r2": 0.99}, "n_train": 160, "n_test": 40, "device": "cpu"}
     resp = http.put(f"{url}/result", headers=admin_headers, json=report)
     assert resp.status_code == 200, resp.text

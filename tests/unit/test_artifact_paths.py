@@ -25,7 +25,8 @@ def test_artifact_path_refuses_what_is_not_a_model_id(tmp_path, model_id):
 
 def test_artifact_path_is_the_id_under_models(tmp_path):
     model_id = str(uuid.uuid4())
-    assert training.artifact_path(tmp_path / "models", model_id) == (tmp_path / "models").resolve() / f"{model_id}.joblib"
+    expected = (tmp_path / "models").resolve() / f"{model_id}.joblib"
+    assert training.artifact_path(tmp_path / "models", model_id) == expected
 
 
 def test_save_and_load_refuse_paths_outside_root(tmp_path, model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from prometheus_client import Counter, Histogram
 
 from datalab.ml import training
 from datalab.ml.training import TrainedModel
+
+from .problems import unprocessable
 
 PREDICTIONS = Counter("datalab_ai_predictions_total", "Rows predicted", ["kind"])
 BATCH_ROWS = Histogram(
@@ -34,7 +36,7 @@ PredictFn = Callable[[np.ndarray], Sequence[Any]]  # one result per row of its i
 @dataclass
 class _Waiting:
     X: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[Sequence[Any]]
     arrived: float
 
 
@@ -54,7 +56,7 @@ class Batcher:
         self.max_wait = max_wait
         self._waiting: deque[_Waiting] = deque()
         self._arrival = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def submit(self, X: np.ndarray) -> Sequence[Any]:
         loop = asyncio.get_running_loop()
@@ -126,6 +128,19 @@ class Served:
     model: TrainedModel
     owner_id: str  # models are immutable once ready: a cached entry can answer "whose?"
     batcher: Batcher
+
+    async def predict(self, model_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The answer to a predict call: a prediction per row (and, for a classifier, the
+        classes and each row's probabilities); a 422 naming the rows that do not fit."""
+        with unprocessable():
+            X = self.model.matrix(rows)
+        results = await self.batcher.submit(X)
+        PREDICTIONS.labels(self.model.kind).inc(len(results))
+        out: dict[str, Any] = {"model_id": model_id, "predictions": [value for value, _ in results]}
+        if self.model.task == "classification":
+            out["classes"] = self.model.classes
+            out["probabilities"] = [proba for _, proba in results]
+        return out
 
 
 class ModelCache:

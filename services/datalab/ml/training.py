@@ -1,4 +1,5 @@
-"""Model training, pure: polars + scikit-learn, no web app (the compute worker imports it).
+"""Model training, pure: polars + scikit-learn, no web app (the ai service and the compute
+worker import it).
 
 Rules, in one place (the service checks a request against the dataset's metadata with
 `check_request` before downloading anything; `fit` applies the same rules to the data):
@@ -98,7 +99,7 @@ class DeviceError(RuntimeError):
 @dataclass
 class TrainedModel:
     estimator: Any
-    kind: str
+    kind: Kind
     task: Task
     target: str
     features: list[str]
@@ -220,7 +221,7 @@ def _task(kind: str, y: pl.Series) -> Task:
     return "regression"
 
 
-def _estimator(kind: str, task: Task, seed: int, params: dict[str, Any]):
+def _estimator(kind: str, task: Task, seed: int, params: dict[str, Any]) -> Any:
     # Imported here: the service imports this module at start-up, sklearn is heavy.
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
@@ -311,7 +312,7 @@ def _codes(y: pl.Series, classes: list[Any]) -> np.ndarray:
     return np.fromiter((index[v] for v in y.to_list()), dtype=np.int64, count=y.len())
 
 
-def _metrics(task: Task, estimator, X: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+def _metrics(task: Task, estimator: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     from sklearn import metrics as m
 
     pred = estimator.predict(X)
@@ -333,12 +334,12 @@ def _device_namespace() -> Callable[[np.ndarray], Any] | None:
     """A function moving a NumPy array to the GPU with torch or cupy, if either sees one."""
     try:
         if importlib.util.find_spec("torch") is not None:
-            import torch
+            import torch  # type: ignore[import-not-found, unused-ignore]  # optional: GPU only
 
             if torch.cuda.is_available() and torch.cuda.device_count() > 0:
                 return lambda a: torch.as_tensor(a, device="cuda")
         if importlib.util.find_spec("cupy") is not None:
-            import cupy
+            import cupy  # type: ignore[import-not-found, unused-ignore]  # optional: GPU only
 
             if cupy.cuda.runtime.getDeviceCount() > 0:
                 return cupy.asarray
@@ -381,7 +382,7 @@ def select_device(setting: str, unusable: Callable[[], str | None] | None = None
     return "cpu"
 
 
-def _array_api_capable(estimator) -> bool:
+def _array_api_capable(estimator: Any) -> bool:
     from sklearn.utils import get_tags
 
     # A Pipeline carries no tag of its own: it can when every step can.
@@ -389,8 +390,8 @@ def _array_api_capable(estimator) -> bool:
     return all(get_tags(s).array_api_support for s in steps)
 
 
-def _fit_on(device: str, estimator, X: np.ndarray, y: np.ndarray,
-            to_device: Callable[[np.ndarray], Any] | None = None):
+def _fit_on(device: str, estimator: Any, X: np.ndarray, y: np.ndarray,
+            to_device: Callable[[np.ndarray], Any] | None = None) -> tuple[Any, str]:
     """Fit; on "cuda" through array API dispatch when the estimator supports it. Returns
     (estimator with NumPy arrays, device the fit ran on)."""
     if device != "cuda" or not _array_api_capable(estimator):
