@@ -75,7 +75,7 @@ def traefik_values() -> dict[str, str]:
     two lines its web entrypoint may carry (the job picks one by driver)."""
     static = traefik_config.static_config(addresses=TRAEFIK_ADDRESSES, role=None, consul=TRAEFIK_CONSUL,
                                           dynamic_file=TRAEFIK_DYNAMIC_FILE)
-    web_address = '  web:\n    address: "%s"\n' % TRAEFIK_ADDRESSES["web"]
+    web_address = '  web:\n    address: "{}"\n'.format(TRAEFIK_ADDRESSES["web"])
     text = _yaml(static)
     if text.count(web_address) != 1:
         raise ValueError(f"no single web entrypoint to give its role line in:\n{text}")
@@ -108,7 +108,8 @@ def render_all(templates: Path = TEMPLATES, jobs: Path = JOBS) -> dict[Path, str
         if template.name.startswith("_"):
             continue
         text = env.get_template(template.name).render(values)
-        rendered[jobs / template.name.removesuffix(SUFFIX)] = HEADER.format(template=template.name) + text.rstrip("\n") + "\n"
+        header = HEADER.format(template=template.name)
+        rendered[jobs / template.name.removesuffix(SUFFIX)] = header + text.rstrip("\n") + "\n"
     return rendered
 
 
