@@ -320,6 +320,7 @@ job "compute" {
       }
     }
   }
+
   group "workers" {
     count = lookup(var.counts, "workers", 1)
     # Consul deregisters the instance, then the task stops.

@@ -196,7 +196,7 @@ job "traefik" {
             web:
               address: ":${local.http_port}"
               ${local.web_role}
-              transport:
+              transport: &timeouts
                 respondingTimeouts:
                   readTimeout: 10m
                   writeTimeout: 15m
@@ -206,27 +206,15 @@ job "traefik" {
               asDefault: true
               http:
                 tls: {}
-              transport:
-                respondingTimeouts:
-                  readTimeout: 10m
-                  writeTimeout: 15m
-                  idleTimeout: 90s
+              transport: *timeouts
             ping:
               address: ":${local.ping_port}"
-              transport:
-                respondingTimeouts:
-                  readTimeout: 10m
-                  writeTimeout: 15m
-                  idleTimeout: 90s
+              transport: *timeouts
             auth:
               address: "127.0.0.1:${local.auth_port}"
               forwardedHeaders:
                 trustedIPs: [127.0.0.1/32]
-              transport:
-                respondingTimeouts:
-                  readTimeout: 10m
-                  writeTimeout: 15m
-                  idleTimeout: 90s
+              transport: *timeouts
           ping:
             entryPoint: ping
           providers:

@@ -42,7 +42,12 @@ WEB_ROLE = "${local.web_role}"  # the web entrypoint's role line (locals in the 
 
 class _JobYaml(yaml.SafeDumper):
     """Block mappings, flow lists (as config/traefik/ writes them); a value Nomad or
-    consul-template fills in is quoted, so that what they put there stays one string."""
+    consul-template fills in is quoted, so that what they put there stays one string.
+    What the source shares by a YAML anchor (the entrypoints' timeouts) is shared again."""
+
+    def generate_anchor(self, node: yaml.Node) -> str:
+        named = sum(1 for anchor in self.anchors.values() if anchor)
+        return f"timeouts{named or ''}"
 
 
 def _flow_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:

@@ -61,7 +61,8 @@ def static_config(
         raise ValueError(f"no entrypoint {sorted(unknown)} in {CONFIG_DIR / 'traefik.yml'}")
     kept = {}
     for name, address in addresses.items():
-        entry = copy.deepcopy(entry_points[name])  # each its own: no YAML anchors written out
+        # The source's one `transport` (a YAML anchor) stays one object, shared again.
+        entry = {k: v if k == "transport" else copy.deepcopy(v) for k, v in entry_points[name].items()}
         entry["address"] = address
         entry["transport"]["respondingTimeouts"].update(timeouts or {})
         kept[name] = entry
