@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test cleanroom lint e2e bench hashistack clean
+.PHONY: install up test cleanroom lint e2e bench hashistack clean jobs
 
 install: $(SYNCED)
 
@@ -40,6 +40,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) $(TOOLS)
+
+# jobs/*.nomad.hcl from jobs/templates/ (and config/traefik/ for the traefik job): edit the
+# templates, then this; tests/jobs/test_jobs_rendered.py fails while a job file is stale.
+jobs: install
+	$(VENV)/bin/python -m datalab.ops.job_templates
 
 # Every job deployed for real on this machine: Consul, Nomad, OpenBao dev agents, Vault
 # bootstrap, `datalab deploy`, then the platform flow through Traefik (services/datalab/devstack/e2e.py).

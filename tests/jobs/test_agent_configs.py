@@ -98,7 +98,8 @@ def test_traefik_entrypoints_and_catalog():
     static = yaml.safe_load((CONFIG / "traefik" / "traefik.yml").read_text())
     entry = static["entryPoints"]
     # Plain HTTP only redirects to HTTPS; routes join websecure; forwardAuth has the loopback `auth`.
-    assert entry["web"]["http"]["redirections"]["entryPoint"] == {"to": "websecure", "scheme": "https", "permanent": True}
+    redirect = {"to": "websecure", "scheme": "https", "permanent": True}
+    assert entry["web"]["http"]["redirections"]["entryPoint"] == redirect
     assert not entry["web"].get("asDefault")
     assert entry["websecure"]["asDefault"] and "tls" in entry["websecure"]["http"]
     assert not entry["auth"].get("asDefault") and entry["auth"]["address"].startswith("127.0.0.1:")

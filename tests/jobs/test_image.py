@@ -303,7 +303,7 @@ def test_base_image_uv_and_frontend_are_pinned():
     local = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout.split()[1] if UV.exists() else None
     if local != uv_version:
         warnings.warn(f"the Dockerfile's uv is {uv_version}, .tools/uv's is {local}: the install proof "
-                      "below runs with .tools/uv; align UV_VERSION (or pin the Makefile's uv)")
+                      "below runs with .tools/uv; align UV_VERSION (or pin the Makefile's uv)", stacklevel=2)
 
 
 def test_builder_installs_exactly_the_locked_runtime_dependencies():
@@ -735,7 +735,7 @@ print("smoke ok")
 
 
 def test_image_env_imports_every_service_and_runs_their_native_code(image_env, tmp_path):
-    modules = service_modules() + ["datalab.compute.worker", "datalab.core.app"]
+    modules = [*service_modules(), "datalab.compute.worker", "datalab.core.app"]
     out = subprocess.run([image_env / "bin" / "python", "-I", "-c", SMOKE, *modules], cwd=tmp_path,
                          capture_output=True, text=True, timeout=180,
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MPLCONFIGDIR": str(tmp_path)})

@@ -54,7 +54,7 @@ def rendered(path: Path, var_file: Path | None = None, extra: tuple = ()) -> dic
         argv += ["-var-file", str(var_file)]
     for item in extra:
         argv += ["-var", item]
-    out = subprocess.run(argv + [str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*argv, str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["Job"]
 
@@ -147,8 +147,8 @@ def test_each_task_has_its_own_vault_role_and_the_right_secrets(path):
                 user = "worker" if task_name in ("worker", "job") else name
                 redis = templates["secrets/redis.json"]
                 assert redis["change_mode"] == "noop"  # re-read for every new connection
-                assert redis["data"].replace('\\"', '"') == ('{{ with secret "kv/data/datalab/redis/%s" }}'
-                                         '{{ .Data.data | toJSON }}{{ end }}' % user), f"{name}/{task_name}"
+                assert redis["data"].replace('\\"', '"') == ('{{ with secret "kv/data/datalab/redis/' + user + '" }}'
+                                         '{{ .Data.data | toJSON }}{{ end }}'), f"{name}/{task_name}"
                 assert all("redis_password" not in t["data"] for t in templates.values())
 
 
@@ -349,7 +349,8 @@ def test_traefik_on_a_cluster_redirects_plain_http_to_https(var_file):
     static = yaml.safe_load(templates["secrets/traefik.yml"].replace('"{{ env "CONSUL_HTTP_TOKEN" }}"', '""')
                             .replace('"{{ env "NOMAD_TASK_DIR" }}', '"/local'))
     entry = static["entryPoints"]
-    assert entry["web"]["http"]["redirections"]["entryPoint"] == {"to": "websecure", "scheme": "https", "permanent": True}
+    redirect = {"to": "websecure", "scheme": "https", "permanent": True}
+    assert entry["web"]["http"]["redirections"]["entryPoint"] == redirect
     assert not entry["web"].get("asDefault") and entry["websecure"]["asDefault"] and "tls" in entry["websecure"]["http"]
     assert entry["auth"]["address"] == "127.0.0.1:8083" and not entry["auth"].get("asDefault")
     assert_entrypoint_timeouts(entry)

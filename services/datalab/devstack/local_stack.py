@@ -24,6 +24,7 @@ from datalab.core.auth import generate_keypair, new_api_key
 from datalab.core.redis_users import USERS as REDIS_USERS
 from datalab.core.secret_files import write_secret
 from datalab.core.settings import SERVICE_PORTS
+from datalab.ops import traefik_config
 
 from .servers import (
     Postgres, Process, Redis, ServerError, free_ports, port_holder, port_open, stop_leftovers, tail, traefik_binary,
@@ -112,7 +113,8 @@ def redis_secret_name(user: str) -> str:
 
 
 def traefik_dynamic_config(config: PlatformConfig) -> dict:
-    """File-provider config: a router per service, forwardAuth on every protected route."""
+    """File-provider config: a router per service, forwardAuth on every protected route;
+    the middlewares are config/traefik/dynamic.yml's (datalab.ops.traefik_config)."""
     routers, services = {}, {}
     for name in config.services:
         prefix = PUBLIC_PREFIXES.get(name, f"/api/v1/{name}")
@@ -129,47 +131,26 @@ def traefik_dynamic_config(config: PlatformConfig) -> dict:
                 "healthCheck": {"path": "/health", "interval": "5s", "timeout": "2s"},
             }
         }
-    return {
-        "http": {
-            "routers": routers,
-            "services": services,
-            "middlewares": {
-                "auth": {
-                    "forwardAuth": {
-                        # Straight to the gateway (it trusts X-Forwarded-For from 127.0.0.1 only):
-                        # /internal/ has no public route, so the JWT it mints never reaches a client.
-                        "address": f"{config.url('gateway')}/internal/auth/verify",
-                        "authResponseHeaders": ["X-User-Id", "X-User-Name", "Authorization"],
-                        # The gateway answers with headers and a tiny JSON body only.
-                        "maxResponseBodySize": 65536,
-                        # Client-sent X-Forwarded-* never reach the gateway; Traefik's own do.
-                        "trustForwardHeader": False,
-                    }
-                },
-                "retry": {"retry": {"attempts": 3, "initialInterval": "100ms"}},
-            },
-        }
-    }
+    # forwardAuth straight to the gateway (it trusts X-Forwarded-For from 127.0.0.1 only):
+    # /internal/ has no public route, so the JWT it mints never reaches a client.
+    return traefik_config.dynamic_config(
+        forward_auth=f"{config.url('gateway')}/internal/auth/verify", routers=routers, services=services)
 
 
 def traefik_static_config(config: PlatformConfig, dynamic_file: Path) -> dict:
-    """HTTP only, on loopback: no websecure, so no redirect to it (config/traefik has both)."""
-    timeouts = {"respondingTimeouts": {  # never 0 (a slowloris holds a connection forever): see PlatformConfig
-        "readTimeout": config.traefik_read_timeout,
-        "writeTimeout": config.traefik_write_timeout,
-        "idleTimeout": config.traefik_idle_timeout,
-    }}
-    return {
-        "entryPoints": {
-            "web": {"address": f"127.0.0.1:{config.http_port}", "transport": timeouts},
-            "ping": {"address": f"127.0.0.1:{config.traefik_ping_port}", "transport": timeouts},
+    """config/traefik/traefik.yml on loopback, HTTP only: no websecure, so no redirect to it,
+    no Consul Catalog (the routers are in the file), no forwardAuth entrypoint (forwardAuth
+    calls the gateway itself); the entrypoint timeouts are settings (PlatformConfig)."""
+    return traefik_config.static_config(
+        addresses={"web": f"127.0.0.1:{config.http_port}", "ping": f"127.0.0.1:{config.traefik_ping_port}"},
+        role=None,
+        dynamic_file=str(dynamic_file),
+        timeouts={  # never 0 (a slowloris holds a connection forever): see PlatformConfig
+            "readTimeout": config.traefik_read_timeout,
+            "writeTimeout": config.traefik_write_timeout,
+            "idleTimeout": config.traefik_idle_timeout,
         },
-        "ping": {"entryPoint": "ping"},
-        "providers": {"file": {"filename": str(dynamic_file), "watch": True}},
-        "log": {"level": "INFO", "format": "json"},
-        "accessLog": {"format": "json"},
-        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-    }
+    )
 
 
 class Platform:
