@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from datalab.contracts import routes
+from datalab.contracts.routes import GATEWAY
 from datalab.core.audit import audit
 from datalab.core.auth import CurrentUser
 from datalab.core.deps import SessionsDep
@@ -14,7 +14,7 @@ from .. import accounts
 from ..deps import KeyCacheDep
 from ..schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 
-router = APIRouter(prefix=routes.GATEWAY, tags=["auth"])
+router = APIRouter(prefix=GATEWAY, tags=["auth"])
 
 
 @router.post("/api-keys", response_model=ApiKeyCreated, status_code=201)

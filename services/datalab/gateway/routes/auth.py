@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from datalab.contracts import routes
+from datalab.contracts.routes import GATEWAY
 from datalab.core.audit import audit
 from datalab.core.auth import AdminUser, CurrentUser, Principal, TokenIssuer
 from datalab.core.deps import RedisDep, SessionsDep
@@ -22,7 +22,7 @@ from ..deps import ClientIpDep, LimiterDep, SettingsDep, TokenIssuerDep, TokenVe
 from ..schemas import LoginForm, RefreshRequest, TokenPair, UserCreate, UserOut
 from ..settings import GatewaySettings
 
-router = APIRouter(prefix=routes.GATEWAY, tags=["auth"])
+router = APIRouter(prefix=GATEWAY, tags=["auth"])
 
 
 def _pair(issuer: TokenIssuer, settings: GatewaySettings, principal: Principal) -> TokenPair:
