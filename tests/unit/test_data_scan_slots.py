@@ -3,13 +3,11 @@ near the dataset caps' memory, so N parallel queries would need N times it."""
 
 import asyncio
 import threading
-from types import SimpleNamespace
 
-from datalab.data.app import scan
+from datalab.data.scans import ScanSlots
 
 
 def test_scans_beyond_the_slots_wait_their_turn():
-    app = SimpleNamespace(state=SimpleNamespace())
     first_running, release, second_ran = threading.Event(), threading.Event(), threading.Event()
 
     def first():
@@ -17,10 +15,10 @@ def test_scans_beyond_the_slots_wait_their_turn():
         release.wait(30)
 
     async def main():
-        app.state.scan_slots = asyncio.Semaphore(1)
-        one = asyncio.create_task(scan(app, first))
+        slots = ScanSlots(1)
+        one = asyncio.create_task(slots.run(first))
         await asyncio.to_thread(first_running.wait, 30)
-        two = asyncio.create_task(scan(app, second_ran.set))
+        two = asyncio.create_task(slots.run(second_ran.set))
         # While the only slot is taken, the second never starts (given ample time to).
         started_early = await asyncio.to_thread(second_ran.wait, 1.0)
         release.set()

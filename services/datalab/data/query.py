@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,14 +122,13 @@ def _coerce(kind: str, column: str, value: Any) -> Any:
         ok = isinstance(value, str)
     elif kind == "boolean":
         ok = isinstance(value, bool)
-    elif kind in ("date", "datetime"):
-        if isinstance(value, str):
-            try:
-                parsed = dt.datetime.fromisoformat(value)
-            except ValueError:
-                ok = False
-            else:
-                return parsed.date() if kind == "date" else parsed
+    elif kind in ("date", "datetime") and isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            ok = False
+        else:
+            return parsed.date() if kind == "date" else parsed
     if not ok:
         raise _invalid(
             f"Filter on {column!r} needs a {kind} value, got {type(value).__name__} {value!r}.",
@@ -137,7 +137,7 @@ def _coerce(kind: str, column: str, value: Any) -> Any:
     return value
 
 
-def _filter_expr(f: Filter, kinds: dict[str, str]) -> pl.Expr:
+def _filter_expr(f: Filter, kinds: Mapping[str, str]) -> pl.Expr:
     kind = kinds[f.column]
     col = pl.col(f.column)
     if f.op == "is_null":
@@ -167,7 +167,7 @@ def _filter_expr(f: Filter, kinds: dict[str, str]) -> pl.Expr:
     }[f.op]
 
 
-def _agg_expr(a: Aggregate, kinds: dict[str, str]) -> pl.Expr:
+def _agg_expr(a: Aggregate, kinds: Mapping[str, str]) -> pl.Expr:
     kind = kinds[a.column]
     col = pl.col(a.column)
     if a.func in ("sum", "mean", "median", "std") and kind not in NUMERIC | {"boolean"}:
@@ -268,4 +268,5 @@ def describe(path: Path) -> bytes:
             stats = part if stats is None else stats.join(part, on="statistic", how="left", maintain_order="left")
     except pl.exceptions.PolarsError as exc:  # e.g. a column itself named "statistic"
         raise Problem(422, f"The dataset cannot be described: {str(exc).splitlines()[0][:200]}") from None
+    assert stats is not None  # names is not empty: at least one pass ran
     return ('{"statistics":' + stats.write_json() + "}").encode()

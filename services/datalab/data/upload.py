@@ -43,7 +43,9 @@ async def receive_file(
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "Send the dataset as multipart/form-data with a 'file' part.")
     state = _PartState()
-    out = open(destination, "wb")  # noqa: SIM115 - closed in finally
+    # The parser's callbacks are synchronous: the file is opened, written and removed in
+    # place (a local disk, chunk by chunk), not through a thread per call.
+    out = open(destination, "wb")  # noqa: SIM115, ASYNC230 - closed in finally
     size = 0
 
     def on_part_begin() -> None:
@@ -123,7 +125,7 @@ async def receive_file(
     finally:
         out.close()
         if not ok:
-            destination.unlink(missing_ok=True)
+            destination.unlink(missing_ok=True)  # noqa: ASYNC240
     return ReceivedFile(destination, state.filename, state.content_type, size, dict(state.fields))
 
 
@@ -143,6 +145,26 @@ class _PartState:
         self.name = ""
         self.is_file = False
         self.value = b""
+
+
+def detect_format(filename: str, content_type: str) -> str:
+    """"csv" or "parquet", from the file part's name or content type; else a 415."""
+    name = filename.lower()
+    ctype = content_type.split(";")[0].strip().lower()
+    if name.endswith((".parquet", ".pq")) or ctype in ("application/vnd.apache.parquet", "application/x-parquet"):
+        return "parquet"
+    if name.endswith((".csv", ".txt")) or ctype in ("text/csv", "application/csv"):
+        return "csv"
+    raise Problem(
+        415,
+        f"Unsupported file type (name {filename[:100]!r}, content type {ctype[:100] or 'none'}): "
+        "send CSV or Parquet.",
+    )
+
+
+def client_basename(filename: str) -> str:
+    """The client's file name without any directories it sent (`../../x.csv` -> `x.csv`)."""
+    return filename.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def fsync_replace(src: Path, dst: Path) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 
+from datalab.core.errors import Problem
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -32,3 +34,10 @@ class RateLimiter:
             retry_after = max(1, window_start + self.window - int(time.time()))
             return Verdict(False, retry_after)
         return Verdict(True, 0)
+
+    async def enforce(self, scope: str, key: str, limit: int) -> None:
+        """Count one hit; over the limit, a 429 problem saying when to retry."""
+        verdict = await self.hit(scope, key, limit)
+        if not verdict.allowed:
+            raise Problem(429, f"Rate limit exceeded ({scope}); retry later.",
+                          headers={"Retry-After": str(verdict.retry_after)})
