@@ -45,7 +45,8 @@ def main() -> None:
         with httpx.Client(base_url=platform.base_url, timeout=60) as edge:
             token = edge.post("/api/v1/auth/token", data={"username": "admin", "password": "bench-password"}).json()
             auth = {"Authorization": f"Bearer {token['access_token']}"}
-            ds = edge.post("/api/v1/data/datasets", headers=auth, files={"file": ("b.csv", CSV, "text/csv")}).json()["id"]
+            upload = {"file": ("b.csv", CSV, "text/csv")}
+            ds = edge.post("/api/v1/data/datasets", headers=auth, files=upload).json()["id"]
         cache = {
             label: measure_cache(base, auth, ds, label)
             for label, base in (("viz service", platform.config.url("viz")), ("through Traefik", platform.base_url))
@@ -66,7 +67,8 @@ def main() -> None:
     print(f"\nrender executor, {CONCURRENT} charts drawn at once, {WORKERS} workers, {os.cpu_count()} CPUs:")
     base = executors["threads"][0]
     for label, (rate, p50, p99) in executors.items():
-        print(f"  {label:10} {rate:6.1f} charts/s ({rate / base:4.2f}x)   event-loop lag p50 {p50:6.2f} ms  p99 {p99:7.2f} ms")
+        print(f"  {label:10} {rate:6.1f} charts/s ({rate / base:4.2f}x)"
+              f"   event-loop lag p50 {p50:6.2f} ms  p99 {p99:7.2f} ms")
 
 
 def median_ms(call) -> float:
@@ -118,7 +120,7 @@ async def measure_executors() -> dict[str, tuple[float, float, float]]:
             lags: list[float] = []
             done = asyncio.Event()
 
-            async def ticker():
+            async def ticker(done: asyncio.Event = done, lags: list[float] = lags) -> None:
                 while not done.is_set():
                     t = time.perf_counter()
                     await asyncio.sleep(0.001)
@@ -126,7 +128,8 @@ async def measure_executors() -> dict[str, tuple[float, float, float]]:
 
             tick = asyncio.create_task(ticker())
             t = time.perf_counter()
-            await asyncio.gather(*(loop.run_in_executor(pool, draw, spec, types, body, "png") for _ in range(CONCURRENT)))
+            renders = (loop.run_in_executor(pool, draw, spec, types, body, "png") for _ in range(CONCURRENT))
+            await asyncio.gather(*renders)
             elapsed = time.perf_counter() - t
             done.set()
             await tick

@@ -153,7 +153,8 @@ def test_data_service_verifies_tokens_itself(platform, owner):
     data = platform.config.url("data")
     assert httpx.get(f"{data}/api/v1/data/datasets").status_code == 401
     now = int(time.time())
-    forged = jwt.encode({"sub": "x", "typ": "access", "iat": now, "exp": now + 60}, "a-guessed-shared-secret-of-32-bytes!", algorithm="HS256")
+    claims = {"sub": "x", "typ": "access", "iat": now, "exp": now + 60}
+    forged = jwt.encode(claims, "a-guessed-shared-secret-of-32-bytes!", algorithm="HS256")
     assert httpx.get(f"{data}/api/v1/data/datasets", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
     assert httpx.get(f"{data}/api/v1/data/datasets", headers=owner).status_code == 200
 

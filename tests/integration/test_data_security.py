@@ -8,11 +8,17 @@ import uuid
 
 import polars as pl
 import pytest
-
-from datalab.data import query as q
-
-from conftest import DECODE_MEMORY, MAX_DATASET_BYTES, MAX_DATASET_CELLS, MAX_DATASET_ROWS, UPLOAD_IDLE_TIMEOUT, eventually
 from test_data import CSV, state, upload
+
+from conftest import (
+    DECODE_MEMORY,
+    MAX_DATASET_BYTES,
+    MAX_DATASET_CELLS,
+    MAX_DATASET_ROWS,
+    UPLOAD_IDLE_TIMEOUT,
+    eventually,
+)
+from datalab.data import query as q
 
 pytestmark = pytest.mark.integration
 

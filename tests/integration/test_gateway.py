@@ -29,7 +29,8 @@ def test_me_and_refresh_rotation(http, user_factory):
 
     first = http.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert first.status_code == 200
-    assert http.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {first.json()['access_token']}"}).status_code == 200
+    bearer = {"Authorization": f"Bearer {first.json()['access_token']}"}
+    assert http.get("/api/v1/auth/me", headers=bearer).status_code == 200
     replay = http.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert replay.status_code == 401  # single use
     as_access = http.post("/api/v1/auth/refresh", json={"refresh_token": tokens["access_token"]})
@@ -184,7 +185,9 @@ def test_nul_in_login_is_422(http, form):
     ("someone-else", "datalab", 401),
     ("datalab-gateway", "another-audience", 401),
 ])
-def test_tokens_with_a_foreign_issuer_or_audience_are_refused(http, platform, admin_headers, issuer, audience, expected):
+def test_tokens_with_a_foreign_issuer_or_audience_are_refused(
+    http, platform, admin_headers, issuer, audience, expected
+):
     from datalab.core.auth import Principal, TokenIssuer
     from datalab.core.secret_files import SecretStore
 
@@ -223,7 +226,8 @@ def test_audit_trail_of_logins_refreshes_users_and_api_keys(platform, admin_head
         auth = {"Authorization": f"Bearer {tokens['access_token']}"}
         key = http.post("/api/v1/auth/api-keys", json={"name": "audited"}, headers={**auth, **rid("key")}).json()
         for n in (1, 2):
-            assert http.get("/api/v1/data/datasets", headers={"X-API-Key": key["key"], **rid(f"use{n}")}).status_code == 200
+            headers = {"X-API-Key": key["key"], **rid(f"use{n}")}
+            assert http.get("/api/v1/data/datasets", headers=headers).status_code == 200
         assert http.delete(f"/api/v1/auth/api-keys/{key['id']}", headers={**auth, **rid("revoke")}).status_code == 204
 
     log = platform.logs / "gateway.log"

@@ -21,7 +21,8 @@ def keys(tmp_path):
     write_secret(tmp_path / "jwt_private_key.pem", private)
     write_secret(tmp_path / "jwt_public_key.pem", public)
     store = SecretStore(tmp_path)
-    return TokenIssuer(store, "datalab-gateway", "datalab"), TokenVerifier(store, "datalab-gateway", "datalab"), tmp_path
+    issuer = TokenIssuer(store, "datalab-gateway", "datalab")
+    return issuer, TokenVerifier(store, "datalab-gateway", "datalab"), tmp_path
 
 
 ALICE = Principal(user_id="u1", username="alice", is_admin=False)

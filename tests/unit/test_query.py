@@ -51,7 +51,8 @@ def test_in_contains_and_global_aggregate(parquet):
     out = run(parquet, filter=[{"column": "city", "op": "in", "value": ["Paris", "Rome"]},
                                {"column": "city", "op": "contains", "value": "ar"}],
               aggregate=[{"column": "amount", "func": "mean"}, {"column": "amount", "func": "median", "alias": "med"},
-                         {"column": "amount", "func": "std", "alias": "sd"}, {"column": "city", "func": "count", "alias": "n"}])
+                         {"column": "amount", "func": "std", "alias": "sd"},
+                         {"column": "city", "func": "count", "alias": "n"}])
     row = out["rows"][0]
     assert row["amount_mean"] == pytest.approx(7.5) and row["med"] == pytest.approx(7.5)
     assert row["sd"] == pytest.approx(4.2426, rel=1e-3) and row["n"] == 2
@@ -74,7 +75,8 @@ def test_group_by_without_aggregate_counts(parquet):
         ({"filter": [{"column": "qty", "op": "contains", "value": "1"}]}, "text columns"),
         ({"aggregate": [{"column": "city", "func": "mean"}]}, "numeric column"),
         ({"group_by": ["city"], "sort": [{"column": "amount"}]}, "Cannot sort"),
-        ({"aggregate": [{"column": "qty", "func": "sum", "alias": "x"}, {"column": "amount", "func": "sum", "alias": "x"}]}, "collide"),
+        ({"aggregate": [{"column": "qty", "func": "sum", "alias": "x"},
+                        {"column": "amount", "func": "sum", "alias": "x"}]}, "collide"),
     ],
 )
 def test_mistakes_are_422_with_a_reason(parquet, body, needle):
