@@ -206,7 +206,7 @@ def _whoami(pg: Postgres, username: str, password: str) -> str:
 def test_first_run_creates_everything_and_prints_no_secret(stack):
     outcomes = dict(stack.first.lines)
     assert outcomes["database connection datalab (root rotated: only Vault knows vault's password)"] == "created"
-    for svc in vault.DB_SERVICES:
+    for svc in vault.DATABASE_SERVICES:
         assert outcomes[f"database role {svc} (ttl 1h, max 24h)"] == "created"
         assert outcomes[f"postgres role {svc}_owner (NOLOGIN) owning schema {svc}"] == "created"
     assert outcomes["jwt role nomad-compute -> datalab-compute"] == "created"
@@ -317,7 +317,7 @@ def _service_metadata(svc: str):
     return import_module(f"datalab.{svc}.models").Base.metadata
 
 
-@pytest.mark.parametrize("svc", vault.DB_SERVICES)
+@pytest.mark.parametrize("svc", vault.DATABASE_SERVICES)
 def test_each_service_gets_its_own_credential_and_builds_its_tables(stack, svc, tmp_path):
     issued = stack.token_for(svc).secrets.database.generate_credentials(svc, mount_point="database")
     user = issued["data"]["username"]
@@ -345,7 +345,7 @@ def test_each_service_gets_its_own_credential_and_builds_its_tables(stack, svc, 
             # Least privilege in PostgreSQL too: no new schemas, no other service's schema.
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(f'CREATE SCHEMA "{svc}_extra"')
-            other = next(s for s in vault.DB_SERVICES if s != svc)
+            other = next(s for s in vault.DATABASE_SERVICES if s != svc)
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(f'CREATE TABLE "{other}".intruder (id int)')
         finally:
