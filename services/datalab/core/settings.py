@@ -1,7 +1,7 @@
 """Settings: one base for every service, read from the environment (prefix DATALAB_).
 
 Nothing reads the environment at import time: a service builds its Settings in its app
-factory, so tests and the launcher can set the environment first.
+factory, so tests and `datalab up` can set the environment first.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class BaseServiceSettings(BaseSettings):
     home: Path = Path(".datalab")
     log_level: str = "INFO"
 
-    # Secrets: a directory of files (Nomad renders them into the task's secrets/ dir; the
-    # embedded launcher writes them under DATALAB_HOME). Re-read on use, so rotations land.
+    # Secrets: a directory of files (Nomad renders them into the task's secrets/ dir;
+    # `datalab up` writes them under DATALAB_HOME). Re-read on use, so rotations land.
     secrets_dir: Path | None = None
 
     # PostgreSQL: the URL carries no credentials; they come from the secrets dir
