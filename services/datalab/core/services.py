@@ -8,7 +8,7 @@ check waits for (ops.cluster_checks), the Vault roles and the Redis users of the
 
 from __future__ import annotations
 
-# name -> default port (DESIGN.md), in the order `datalab up` starts them (the gateway first:
+# name -> default port (the README's table), in the order `datalab up` starts them (the gateway first:
 # the others' forwardAuth needs it). Each service is the package datalab.<name>.
 SERVICE_PORTS: dict[str, int] = {
     "gateway": 8000,
