@@ -784,7 +784,7 @@ def _start_with_config(name: str, tmp_path: Path):
     from datalab.devstack.servers import Process, wait_until
 
     api, cluster = free_port(), free_port()
-    text = (vault.POLICY_DIR.parent / name).read_text()
+    text = (Path(__file__).resolve().parents[2] / "config" / "vault" / name).read_text()
     scheme = "https" if name == "server.hcl" else "http"
     cert, key = _self_signed(tmp_path)
     for old, new in {
