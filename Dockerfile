@@ -55,6 +55,8 @@ RUN find "$UV_PROJECT_ENVIRONMENT/lib" -mindepth 4 -type d \( -name tests -o -na
         -prune -exec rm -rf {} +
 
 # ---- project: the datalab distribution, installed as a wheel (not editable) --------------
+# The runtime part of it: .dockerignore keeps datalab/ops and datalab/devstack (operators'
+# and developers' commands) out of the context, so out of the wheel and the image.
 FROM deps AS project
 COPY pyproject.toml uv.lock README.md ./
 COPY services ./services

@@ -15,8 +15,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
 readonly SRC=/opt/datalab/src VENV=/opt/datalab/.venv TOOLS=/opt/datalab/tools
-# What the installed project reads at run time: the code, the configs (vault bootstrap reads
-# services/datalab/ops/vault_policies next to services/) and the job files `datalab deploy` submits.
+# What installs the project (pyproject.toml, uv.lock, README.md and services/, the package:
+# the Vault policies `datalab vault bootstrap` writes are package data in it), the job files
+# `datalab deploy` submits (jobs/) and the agents' configs (config/).
 readonly RUNTIME_FILES=(pyproject.toml uv.lock README.md services config jobs)
 
 ensure_dir /opt/datalab 0755 root:root

@@ -7,22 +7,16 @@ import importlib
 import os
 import signal
 import sys
+from types import ModuleType
 
-# name -> module with `build_app(settings=None)` and a `<Name>Settings` class
-SERVICES = {
-    "gateway": "datalab.gateway.app",
-    "data": "datalab.data.app",
-    "ai": "datalab.ai.app",
-    "compute": "datalab.compute.app",
-    "viz": "datalab.viz.app",
-}
+from datalab.core.services import SERVICES, app_module
 
 
 def serve(name: str) -> None:
     """Run one service with uvicorn (graceful: finishes in-flight requests on SIGTERM)."""
     import uvicorn
 
-    module = importlib.import_module(SERVICES[name])
+    module = importlib.import_module(app_module(name))
     app = module.build_app()
     settings = app.state.settings
     uvicorn.run(
@@ -37,12 +31,31 @@ def serve(name: str) -> None:
     )
 
 
+def optional_module(name: str) -> ModuleType | None:
+    """An operations or dev-harness module (datalab.ops, datalab.devstack); None where it is
+    not installed: the service image carries the runtime only (`serve`, `worker`)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            return None
+        raise  # installed, but one of its own imports is missing: that is a real error
+
+
+def not_installed(command: str, module: str) -> int:
+    print(f"datalab {command}: {module} is not installed here (the service image carries `serve` and "
+          f"`worker` only); run it from a checkout of the repository (`make install`)", file=sys.stderr)
+    return 2
+
+
 def up() -> int:
     """`make up`: the embedded platform in the foreground until Ctrl-C / SIGTERM."""
-    from datalab.devstack.local_stack import Platform, PlatformConfig, ServerError
+    local_stack = optional_module("datalab.devstack.local_stack")
+    if local_stack is None:
+        return not_installed("up", "datalab.devstack")
 
-    config = PlatformConfig.from_env()
-    platform = Platform(config)
+    config = local_stack.PlatformConfig.from_env()
+    platform = local_stack.Platform(config)
     stopping = False
 
     # The first Ctrl-C / SIGTERM / SIGHUP stops in order; one during the stop (a double
@@ -62,6 +75,7 @@ def up() -> int:
     print(f"DataLab: starting in {config.home} ...", flush=True)
     try:
         platform.start()
+        assert platform.redis is not None  # started by platform.start()
         print(
             "\n".join(
                 [
@@ -85,13 +99,55 @@ def up() -> int:
     except KeyboardInterrupt:
         print("\nDataLab: stopping ...", flush=True)
         return 0
-    except ServerError as exc:
+    except local_stack.ServerError as exc:
         print(f"DataLab: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         stopping = True
         platform.stop()
         print("DataLab: stopped.", flush=True)
+
+
+# The commands of the operations code (datalab.ops): an operator runs them from a checkout
+# or a provisioned server, never from the service image.
+OPS_COMMANDS = {
+    "deploy": "datalab.ops.deploy",
+    "status": "datalab.ops.deploy",
+    "vault": "datalab.ops.vault_bootstrap",
+    "cluster-test": "datalab.ops.cluster_checks",
+}
+
+
+def add_ops_commands(sub: argparse._SubParsersAction) -> None:
+    """deploy, status, vault bootstrap, cluster-test: each parser's `run` is the module's
+    entry point, or, where the module is not installed, a message saying so."""
+    parsers = {
+        "deploy": sub.add_parser("deploy", help="parse, plan, register and follow Nomad jobs"),
+        "status": sub.add_parser("status", help="jobs, allocations and Consul health"),
+        "vault": sub.add_parser("vault", help="Vault/OpenBao set-up"),
+        "cluster-test": sub.add_parser(
+            "cluster-test", help="the platform flow and fault checks against a running cluster (what make e2e runs)"),
+    }
+    for command, module_name in OPS_COMMANDS.items():
+        parser = parsers[command]
+        module = optional_module(module_name)
+        if module is None:
+            parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            parser.set_defaults(run=lambda _args, c=command, m=module_name: not_installed(c, m))
+        elif command == "deploy":
+            module.add_deploy_arguments(parser)
+            parser.set_defaults(run=module.run_deploy)
+        elif command == "status":
+            module.add_status_arguments(parser)
+            parser.set_defaults(run=module.run_status)
+        elif command == "vault":
+            vault_sub = parser.add_subparsers(dest="vault_command", required=True)
+            module.add_arguments(
+                vault_sub.add_parser("bootstrap", help="engines, roles, policies, workload identity (idempotent)"))
+            parser.set_defaults(run=module.run)
+        else:
+            module.add_arguments(parser)
+            parser.set_defaults(run=module.run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,30 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run one service")
     p_serve.add_argument("service", choices=sorted(SERVICES))
     sub.add_parser("worker", help="run an RQ worker for the compute queues")
+    add_ops_commands(sub)
 
-    from datalab.ops import deploy
-
-    deploy.add_deploy_arguments(sub.add_parser("deploy", help="parse, plan, register and follow Nomad jobs"))
-    deploy.add_status_arguments(sub.add_parser("status", help="jobs, allocations and Consul health"))
-    p_vault = sub.add_parser("vault", help="Vault/OpenBao set-up")
-    vault_sub = p_vault.add_subparsers(dest="vault_command", required=True)
-    p_boot = vault_sub.add_parser("bootstrap", help="engines, roles, policies, workload identity (idempotent)")
-    from datalab.ops import vault_bootstrap as vault_cli
-
-    vault_cli.add_arguments(p_boot)
-    from datalab.ops import cluster_checks
-
-    cluster_checks.add_arguments(sub.add_parser(
-        "cluster-test", help="the platform flow and fault checks against a running cluster (what make e2e runs)"))
     args = parser.parse_args(argv)
-    if args.command == "deploy":
-        return deploy.run_deploy(args)
-    if args.command == "status":
-        return deploy.run_status(args)
-    if args.command == "vault":
-        return vault_cli.run(args)
-    if args.command == "cluster-test":
-        return cluster_checks.run(args)
+    if args.command in OPS_COMMANDS:
+        return int(args.run(args))
     if args.command == "worker":
         from datalab.compute.worker import run_worker
 

@@ -78,11 +78,11 @@ async def test_unreachable_consul_keeps_the_last_answer(consul_agent):
         await discovery.close()
 
 
-async def eventually_async(get, check, timeout=15.0):
+async def eventually_async(get, check, seconds=15.0):
     import asyncio
     import time
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check(await get()):
             return True

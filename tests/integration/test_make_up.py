@@ -47,7 +47,7 @@ class Up:
         self.proc.send_signal(sig)
         rest, _ = self.proc.communicate(timeout=90)
         self.lines.append(rest)
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _, alive = psutil.wait_procs(children, timeout=10)
         return self.proc.returncode, alive
 
 
@@ -75,9 +75,11 @@ def test_first_start_restart_and_clean_stop(up_env):
     assert password in first.output and "generated" in first.output
     assert oct((home / "admin-password").stat().st_mode & 0o777) == "0o600"
 
-    token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "admin", "password": password}).json()["access_token"]
+    token = httpx.post(f"{base}/api/v1/auth/token",
+                       data={"username": "admin", "password": password}).json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
-    created = httpx.post(f"{base}/api/v1/data/datasets", headers=auth, files={"file": ("a.csv", b"x,y\n1,2\n", "text/csv")})
+    created = httpx.post(f"{base}/api/v1/data/datasets", headers=auth,
+                         files={"file": ("a.csv", b"x,y\n1,2\n", "text/csv")})
     assert created.status_code == 201
 
     code, alive = first.stop(signal.SIGINT)  # Ctrl-C
@@ -85,7 +87,8 @@ def test_first_start_restart_and_clean_stop(up_env):
 
     second = Up(home, env)
     assert password not in second.output  # printed once, when generated
-    token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "admin", "password": password}).json()["access_token"]
+    token = httpx.post(f"{base}/api/v1/auth/token",
+                       data={"username": "admin", "password": password}).json()["access_token"]
     listed = httpx.get(f"{base}/api/v1/data/datasets", headers={"Authorization": f"Bearer {token}"}).json()
     assert [d["id"] for d in listed["items"]] == [created.json()["id"]]  # state survived
 

@@ -18,7 +18,7 @@ def test_health_ready_metrics(platform, service):
     assert ready["status"] == "ready" and {"postgres", "redis"} <= set(ready["checks"])
     httpx.get(f"{url}/api/v1/{'auth/me' if service == 'gateway' else 'data/datasets'}")  # a 401, counted
     metrics = httpx.get(f"{url}/metrics").text
-    assert f'datalab_http_requests_total{{method="GET",route="/api/v1/' in metrics
+    assert 'datalab_http_requests_total{method="GET",route="/api/v1/' in metrics
     assert f'service="{service}",status="401"' in metrics
     assert "datalab_http_request_duration_seconds_bucket" in metrics
 

@@ -3,9 +3,9 @@ of idempotent calls only, and the circuit breaker."""
 
 import pytest
 
-from datalab.core.service_client import ServiceClient, ServiceUnavailable
 from datalab.core.discovery import StaticDiscovery
 from datalab.core.logs import request_id_var
+from datalab.core.service_client import ServiceClient, ServiceUnavailable
 from datalab.devstack.servers import free_port
 
 pytestmark = pytest.mark.integration

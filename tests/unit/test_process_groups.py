@@ -24,7 +24,8 @@ FORKER = (
 
 
 def _start(tmp_path, name: str) -> tuple[Process, int]:
-    proc = Process(name, [sys.executable, "-c", FORKER], tmp_path / f"{name}.log", pid_file=tmp_path / "run" / f"{name}.pid")
+    proc = Process(name, [sys.executable, "-c", FORKER], tmp_path / f"{name}.log",
+                   pid_file=tmp_path / "run" / f"{name}.pid")
     proc.start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

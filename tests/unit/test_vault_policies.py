@@ -4,7 +4,7 @@ from pathlib import Path
 
 import hcl2
 
-from datalab.ops.vault_bootstrap import DB_SERVICES, POLICY_DIR, ROLES
+from datalab.ops.vault_bootstrap import DATABASE_SERVICES, POLICY_DIR, ROLES
 
 
 def paths(service: str) -> set[str]:
@@ -35,7 +35,7 @@ def test_each_service_reads_only_its_own_paths():
     assert set(expected) == set(ROLES)
     for service, wanted in expected.items():
         assert paths(service) == wanted | token, service
-    assert set(DB_SERVICES) == {"gateway", "data", "ai"}
+    assert set(DATABASE_SERVICES) == {"gateway", "data", "ai"}
 
 
 def test_no_policy_grants_more_than_read():

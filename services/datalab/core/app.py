@@ -22,7 +22,6 @@ from sqlalchemy import MetaData
 
 from .auth import TokenVerifier
 from .cache import create_redis
-from .service_client import ServiceClient
 from .db import create_db_engine, create_schema, ping, session_factory
 from .discovery import create_discovery
 from .errors import install_error_handlers, problem_response
@@ -31,6 +30,7 @@ from .middleware import BodyLimitMiddleware, RequestContextMiddleware
 from .openapi import install_openapi
 from .proxy import TrustedProxyMiddleware
 from .secret_files import SecretStore
+from .service_client import ServiceClient
 from .settings import BaseServiceSettings
 
 Hook = Callable[[FastAPI], Awaitable[None]]

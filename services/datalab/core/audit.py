@@ -33,7 +33,7 @@ def audit(
     outcome: Outcome,
     *,
     actor: str | None,
-    object: str | None = None,  # noqa: A002 - the audit field's name
+    object: str | None = None,
     request: Request | None = None,
     ip: str | None = None,
     **extra: Any,

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi import Depends, Request
 
 from .errors import Problem
@@ -71,13 +71,15 @@ class TokenVerifier:
         self.issuer = issuer
         self.audience = audience
         self._key_pem: str | None = None
-        self._key = None
+        self._key: Ed25519PublicKey | None = None
 
-    def _public_key(self):
+    def _public_key(self) -> Ed25519PublicKey:
         pem = self.secrets.require("jwt_public_key.pem")
-        if pem != self._key_pem:  # re-parse only when the file changed (rotation)
-            self._key = serialization.load_pem_public_key(pem.encode())
-            self._key_pem = pem
+        if self._key is None or pem != self._key_pem:  # re-parse only when the file changed (rotation)
+            key = serialization.load_pem_public_key(pem.encode())
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"jwt_public_key.pem holds a {type(key).__name__}, not an Ed25519 public key")
+            self._key, self._key_pem = key, pem
         return self._key
 
     def decode(self, token: str, expected_type: TokenType = "access") -> dict:
@@ -135,6 +137,8 @@ class TokenIssuer:
         key = serialization.load_pem_private_key(
             self.secrets.require("jwt_private_key.pem").encode(), password=None
         )
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"jwt_private_key.pem holds a {type(key).__name__}, not an Ed25519 private key")
         return jwt.encode(claims, key, algorithm=ALGORITHM), claims
 
 

@@ -1,7 +1,7 @@
 """Redis (redis.asyncio): one pooled client per service process, as the service's own ACL user.
 
 The credential is `redis.json` ({"username", "password"}) in the secrets dir (Nomad renders
-it from kv/datalab/redis/<service>; the embedded launcher writes one per user), read again
+it from kv/datalab/redis/<service>; `datalab up` writes one per user), read again
 for every new connection, so a rotated password is picked up without a restart. Which keys
 and commands each user may touch: redis_users.py. No file: no AUTH (a bare local Redis).
 """

@@ -13,7 +13,8 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from .secret_files import SecretStore
-from .settings import SERVICE_PORTS, BaseServiceSettings
+from .services import SERVICE_PORTS
+from .settings import BaseServiceSettings
 
 log = logging.getLogger("datalab.discovery")
 

@@ -9,6 +9,7 @@ catch-all is in middleware.RequestContextMiddleware, inside the request id's sco
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -51,7 +52,7 @@ def problem_response(
     *,
     title: str | None = None,
     type_: str = "about:blank",
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
@@ -109,7 +110,9 @@ async def _on_redis(_: Request, exc: redis.exceptions.RedisError) -> JSONRespons
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(Problem, _on_problem)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(redis.exceptions.RedisError, _on_redis)
+    # app.exception_handler(cls) takes a handler typed for cls (add_exception_handler wants
+    # one typed for any Exception).
+    app.exception_handler(Problem)(_on_problem)
+    app.exception_handler(StarletteHTTPException)(_on_http)
+    app.exception_handler(RequestValidationError)(_on_validation)
+    app.exception_handler(redis.exceptions.RedisError)(_on_redis)

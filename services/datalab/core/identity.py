@@ -13,8 +13,8 @@ import time
 
 import jwt
 
-from .service_client import ServiceClient
 from .secret_files import SecretStore
+from .service_client import ServiceClient
 
 
 class IdentityError(RuntimeError):

@@ -71,7 +71,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished = True
             await send(message)

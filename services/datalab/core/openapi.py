@@ -120,7 +120,7 @@ def build_openapi(app: FastAPI, routers: list[APIRouter]) -> dict[str, Any]:
     for route in (r for router in routers for r in router.routes):
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
-        for method in route.methods:
+        for method in route.methods or ():
             operation = schema.get("paths", {}).get(route.path_format, {}).get(method.lower())
             if operation is None:
                 continue

@@ -40,7 +40,7 @@ class TrustedProxyMiddleware:
 
     def _current(self) -> ProxyHeadersMiddleware:
         now = time.monotonic()
-        if self._proxy is None or (self.extra_file and now - self._checked >= self.refresh_seconds):
+        if self._proxy is None or (self.extra_file is not None and now - self._checked >= self.refresh_seconds):
             self._checked = now
             extra = ""
             if self.extra_file is not None:
@@ -49,16 +49,19 @@ class TrustedProxyMiddleware:
                 except OSError:  # not rendered yet: the base list alone
                     pass
             hosts = ",".join(h.strip() for h in f"{self.base},{extra}".split(",") if h.strip())
-            if hosts != self._hosts:
-                self._proxy, self._hosts = ProxyHeadersMiddleware(self.app, trusted_hosts=hosts), hosts
+            if self._proxy is None or hosts != self._hosts:
+                # uvicorn types ASGI with TypedDicts of its own, Starlette with plain mappings:
+                # the same dicts at run time.
+                self._proxy = ProxyHeadersMiddleware(self.app, trusted_hosts=hosts)  # type: ignore[arg-type]
+                self._hosts = hosts
         return self._proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         proxy = self._current()
         if scope["type"] == "http":
             peer = scope.get("client")
-            scope[_PEER_TRUSTED] = bool(peer) and peer[0] in proxy.trusted_hosts
-        await proxy(scope, receive, send)
+            scope[_PEER_TRUSTED] = peer is not None and peer[0] in proxy.trusted_hosts
+        await proxy(scope, receive, send)  # type: ignore[arg-type]  # uvicorn's ASGI types, as above
 
 
 def peer_is_trusted_proxy(request: Request) -> bool:

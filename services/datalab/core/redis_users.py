@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 
 from . import events
+from .services import SERVICES
 
 # Every client: redis-py's health check (PING) and the library name it sends on connect.
 _CONNECTION = ("+ping", "+client|setinfo")
@@ -73,7 +74,7 @@ USERS: dict[str, RedisUser] = {u.name: u for u in (
     # Operators and the test harness only: no service is ever given this one.
     RedisUser("admin", keys=("*",), channels=("*",), commands=("+@all",)),
 )}
-SERVICE_USERS = ("gateway", "data", "viz", "ai", "compute", "worker")  # what processes connect as
+SERVICE_USERS = (*SERVICES, "worker")  # what processes connect as: each service, and the RQ workers
 
 # The server side of the memory limit. noeviction: nothing is ever dropped silently — not a
 # queued RQ job (no TTL), not a finished job's result, not a refresh-token marker (dropping it

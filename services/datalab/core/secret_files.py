@@ -1,8 +1,8 @@
 """Secrets from a directory of files.
 
 One layout for every way DataLab runs: Nomad `template` blocks render Vault's KV secrets
-and `database/creds/<service>` into the task's `secrets/` dir; the embedded launcher writes
-the same files under DATALAB_HOME. Files are read on every call (they are tiny), so a
+and `database/creds/<service>` into the task's `secrets/` dir; `datalab up`
+(devstack.local_stack) writes the same files under DATALAB_HOME. Files are read on every call (they are tiny), so a
 re-rendered credential is picked up by the next connection without a restart.
 
 Files:

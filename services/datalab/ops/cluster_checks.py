@@ -29,11 +29,11 @@ import httpx
 import hvac
 import nomad
 
-from datalab.ops.flow import run_flow
+from datalab.core.services import SERVICES
 
 from . import deploy
+from .flow import run_flow
 
-SERVICES = ["gateway", "data", "ai", "compute", "viz"]
 DATA_LEASES = "database/creds/data/"
 # Nomad's template renews a lease at ~2/3 of its TTL and only then learns it was revoked;
 # requests wait db_credential_wait_seconds (30 s) for the new one. Longer TTLs cannot heal
@@ -155,7 +155,7 @@ def _load_dataset(c: Cluster, token: str, name: str) -> str:
 
 def services_passing(c: Cluster) -> str:
     counts = {name: wait(lambda n=name: c.passing(n), 180, f"{name} passing in Consul")
-              for name in SERVICES + ["traefik"]}
+              for name in [*SERVICES, "traefik"]}
     wait(c.routed, 90, "Traefik routing by Consul tags (401 without a token)")
     return "every service passing in Consul: " + ", ".join(f"{n}={counts[n]}" for n in SERVICES)
 
@@ -196,7 +196,7 @@ def canary_rollout(c: Cluster) -> str:
     with LoadLoop(c, token, dataset) as load:
         time.sleep(2)
         outcome = deploy.deploy_one(c.nomad, c.job_dir / "data.nomad.hcl", c.var_files,
-                                       c.variables + [f"version_tag={tag}"], promote=True, timeout=c.deploy_timeout)
+                                       [*c.variables, f"version_tag={tag}"], promote=True, timeout=c.deploy_timeout)
         # The update is over when the old allocations are gone and Traefik has seen it.
         if outcome.ok:
             wait(lambda: _only_newest_running(c, "data"), 120, "the old data allocations stopped")

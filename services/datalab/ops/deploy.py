@@ -23,6 +23,7 @@ import nomad
 
 from datalab.core.nomad_api import nomad_client as client
 
+
 def parse_job(api: nomad.Nomad, path: Path, var_files: list[Path], variables: list[str]) -> dict:
     """Nomad's own parser (POST /v1/jobs/parse) with HCL2 variables, as `nomad job run` does."""
     var_text = "\n".join(f.read_text() for f in var_files)
@@ -84,7 +85,7 @@ def deploy_one(api: nomad.Nomad, path: Path, var_files: list[Path], variables: l
     if job.get("ParameterizedJob") or job.get("Periodic"):
         return Outcome(job_id, True, "registered (dispatched or periodic: nothing runs yet)")
     if job.get("Type") in ("batch", "system", "sysbatch"):
-        return _follow_allocations(api, job_id, job.get("Type"), timeout, int(result.get("JobModifyIndex", 0)))
+        return _follow_allocations(api, job_id, job["Type"], timeout, int(result.get("JobModifyIndex", 0)))
     return _follow_deployment(api, job_id, promote, timeout, int(result.get("JobModifyIndex", 0)))
 
 
@@ -104,7 +105,7 @@ def _follow_deployment(api, job_id: str, promote: bool, timeout: float, modify_i
         groups = dep.get("TaskGroups") or {}
         line = ", ".join(
             f"{g}: {s.get('HealthyAllocs', 0)}/{s.get('DesiredTotal', 0)} healthy"
-            + (f", canaries {s.get('PlacedCanaries') and len(s['PlacedCanaries']) or 0}/{s['DesiredCanaries']}"
+            + (f", canaries {(s.get('PlacedCanaries') and len(s['PlacedCanaries'])) or 0}/{s['DesiredCanaries']}"
                if s.get("DesiredCanaries") else "")
             + (f", {s['UnhealthyAllocs']} unhealthy" if s.get("UnhealthyAllocs") else "")
             for g, s in sorted(groups.items())
@@ -144,7 +145,7 @@ def _follow_allocations(api, job_id: str, job_type: str, timeout: float, modify_
         allocs = [a for a in api.job.get_allocations(job_id) if a.get("JobVersion") is not None]
         latest = [a for a in allocs if a.get("ModifyIndex", 0) >= modify_index] or allocs
         states = {a["ClientStatus"] for a in latest}
-        if latest and states <= {"running", "complete"} and job_type != "batch" or states == {"complete"}:
+        if (latest and states <= {"running", "complete"} and job_type != "batch") or states == {"complete"}:
             return Outcome(job_id, True, f"{len(latest)} allocation(s) {'/'.join(sorted(states))}")
         if "failed" in states:
             return Outcome(job_id, False, "an allocation failed" + _failing_allocs(api, job_id))
@@ -156,7 +157,8 @@ def _failing_allocs(api, job_id: str) -> str:
     """The last task events of the job's unhealthy allocations: the reason a user needs."""
     lines = []
     for alloc in api.job.get_allocations(job_id)[:10]:
-        if alloc["ClientStatus"] in ("running", "complete") and (alloc.get("DeploymentStatus") or {}).get("Healthy") is not False:
+        healthy = (alloc.get("DeploymentStatus") or {}).get("Healthy")
+        if alloc["ClientStatus"] in ("running", "complete") and healthy is not False:
             continue
         for task, state in (alloc.get("TaskStates") or {}).items():
             events = state.get("Events") or []
@@ -246,7 +248,8 @@ def _consul_health(address: str | None) -> dict[str, str]:
             entries = c.health.service(name)[1]
             checks = [ch["Status"] for e in entries for ch in e["Checks"] if ch.get("ServiceName") == name]
             passing = sum(1 for e in entries if all(ch["Status"] == "passing" for ch in e["Checks"]))
-            out[name] = f"consul: {passing}/{len(entries)} passing" + (" (" + ",".join(sorted(set(checks))) + ")" if checks else "")
+            failing = f" ({','.join(sorted(set(checks)))})" if checks else ""
+            out[name] = f"consul: {passing}/{len(entries)} passing{failing}"
         return out
     except Exception as exc:  # status still lists Nomad's view
         print(f"(consul not reachable: {exc})", file=sys.stderr)

@@ -16,7 +16,8 @@
    service whose users are members of the owner role and act as it (`SET role`), so tables
    always belong to the owner and revoking a user never strands an object. Revocation ends
    the user's sessions, reassigns/drops what it owns and drops the role.
-4. Policies from services/datalab/ops/vault_policies/ (each service reads only its own paths).
+4. Policies from vault_policies/ beside this module, package data of the datalab wheel (each
+   service reads only its own paths).
 5. With a Nomad address: JWT auth at `jwt-nomad/` for Nomad workload identity, one role per
    job bound on `nomad_job_id` (compute's: per task, on `nomad_task` too: the API and the
    workers); without one the step is skipped, saying why.
@@ -56,22 +57,20 @@ import requests
 
 from datalab.core.auth import generate_keypair, new_api_key
 from datalab.core.redis_users import SERVICE_USERS, acl_lines
+from datalab.core.services import DATABASE_SERVICES, SERVICES
 
 POLICY_DIR = Path(__file__).resolve().parent / "vault_policies"  # package data
-DB_SERVICES = ("gateway", "data", "ai")  # the services with tables
 # Vault JWT role nomad-<key> (policy datalab-<key>) -> the workload-identity claims it is
 # bound to. Vault requires every claim named to match, each against any value of its list.
+# A service's job has the service's name.
 ROLES = {
-    "gateway": {"nomad_job_id": ["gateway"]},
-    "data": {"nomad_job_id": ["data"]},
-    "ai": {"nomad_job_id": ["ai"]},
+    **{service: {"nomad_job_id": [service]} for service in SERVICES},
     # compute's API task only: it queues jobs, so it reads neither the platform API key nor
     # the workers' Redis user.
     "compute": {"nomad_job_id": ["compute"], "nomad_task": ["compute"]},
     # The workers: compute's "worker" task and compute-batch's "job" task (dispatched
     # children carry the parent's job id).
     "compute-worker": {"nomad_job_id": ["compute", "compute-batch"], "nomad_task": ["worker", "job"]},
-    "viz": {"nomad_job_id": ["viz"]},
     "postgres": {"nomad_job_id": ["postgres"]},  # the infra jobs (clusters; `make e2e` runs host processes)
     "redis": {"nomad_job_id": ["redis"]},
 }
@@ -161,7 +160,7 @@ async def _connect(url: str, database: str) -> asyncpg.Connection:
         parts = urlsplit(url)
         where = f"{parts.username}@{parts.hostname}:{parts.port or 5432}/{database}"
         return await asyncpg.connect(url, database=database, timeout=10)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise BootstrapError(f"postgres: cannot connect as {where}: {exc}") from None
     except Exception as exc:  # a malformed URL: its text may hold the password, so not echoed
         raise BootstrapError(f"postgres: the admin URL is not usable ({type(exc).__name__})") from None
@@ -205,7 +204,7 @@ async def prepare_postgres(opts: Options, vault_password: str, report: Report) -
             await _exec(conn, f"REVOKE pg_signal_backend FROM {_q(VAULT_ROLE)}", "revoke pg_signal_backend")
             report.add("postgres vault: pg_signal_backend (not needed)", "revoked")
         await _exec(conn, f"GRANT CONNECT ON DATABASE {_q(opts.database)} TO {_q(VAULT_ROLE)}", "grant connect")
-        for svc in DB_SERVICES:
+        for svc in DATABASE_SERVICES:
             owner = f"{svc}_owner"
             fresh = not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", owner)
             if fresh:
@@ -370,7 +369,7 @@ def ensure_database(client: hvac.Client, opts: Options, report: Report) -> int:
         "plugin_name": "postgresql-database-plugin",
         "connection_url": connection_url(opts),
         "username": VAULT_ROLE,
-        "allowed_roles": list(DB_SERVICES),
+        "allowed_roles": list(DATABASE_SERVICES),
     }
     have = None if current is None else {
         "plugin_name": current.get("plugin_name"),
@@ -395,7 +394,7 @@ def ensure_database(client: hvac.Client, opts: Options, report: Report) -> int:
     else:
         client.secrets.database.rotate_root_credentials(CONNECTION, mount_point=DB_MOUNT)
         report.add(f"database connection {CONNECTION} (root rotated: only Vault knows vault's password)", outcome)
-    for svc in DB_SERVICES:
+    for svc in DATABASE_SERVICES:
         creation, revocation = role_statements(svc, pg_version)
         try:
             have = client.secrets.database.read_role(svc, mount_point=DB_MOUNT)["data"]
