@@ -9,24 +9,12 @@ from fastapi import Depends, Request
 
 from datalab.contracts.data_client import DataClient
 from datalab.core.auth import bearer_token
-from datalab.core.deps import ServicesDep, settings_dependency
+from datalab.core.deps import ServicesDep, from_state, settings_dependency
 
 from .records import ModelRecords
 from .serving import ModelCache
 from .settings import AiSettings
 from .trainer import ComputeJobs, Trainer
-
-
-def get_model_cache(request: Request) -> ModelCache:
-    return request.app.state.model_cache
-
-
-def get_model_records(request: Request) -> ModelRecords:
-    return request.app.state.model_records
-
-
-def get_trainer(request: Request) -> Trainer:
-    return request.app.state.trainer
 
 
 def get_data_client(request: Request, services: ServicesDep) -> DataClient:
@@ -38,8 +26,8 @@ def get_compute_jobs(request: Request, services: ServicesDep) -> ComputeJobs:
 
 
 SettingsDep = Annotated[AiSettings, Depends(settings_dependency(AiSettings))]
-ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
-ModelRecordsDep = Annotated[ModelRecords, Depends(get_model_records)]
-TrainerDep = Annotated[Trainer, Depends(get_trainer)]
+ModelCacheDep = Annotated[ModelCache, Depends(from_state("model_cache", ModelCache))]
+ModelRecordsDep = Annotated[ModelRecords, Depends(from_state("model_records", ModelRecords))]
+TrainerDep = Annotated[Trainer, Depends(from_state("trainer", Trainer))]
 DataClientDep = Annotated[DataClient, Depends(get_data_client)]
 ComputeJobsDep = Annotated[ComputeJobs, Depends(get_compute_jobs)]

@@ -11,19 +11,11 @@ from fastapi import Depends, Request
 
 from datalab.contracts.data_client import DataClient
 from datalab.core.auth import bearer_token
-from datalab.core.deps import ServicesDep, settings_dependency
+from datalab.core.deps import ServicesDep, from_state, settings_dependency
 
 from .dispatch import Dispatchers
 from .settings import ComputeSettings
 from .submission import Submissions
-
-
-def get_rq_connection(request: Request) -> redis.Redis:
-    return request.app.state.rq_redis
-
-
-def get_dispatchers(request: Request) -> Dispatchers:
-    return request.app.state.dispatchers
 
 
 def get_data_client(request: Request, services: ServicesDep) -> DataClient:
@@ -32,8 +24,8 @@ def get_data_client(request: Request, services: ServicesDep) -> DataClient:
 
 
 SettingsDep = Annotated[ComputeSettings, Depends(settings_dependency(ComputeSettings))]
-RQConnectionDep = Annotated[redis.Redis, Depends(get_rq_connection)]
-DispatchersDep = Annotated[Dispatchers, Depends(get_dispatchers)]
+RQConnectionDep = Annotated[redis.Redis, Depends(from_state("rq_redis", redis.Redis))]
+DispatchersDep = Annotated[Dispatchers, Depends(from_state("dispatchers", Dispatchers))]
 DataClientDep = Annotated[DataClient, Depends(get_data_client)]
 
 

@@ -3,7 +3,8 @@ app factory put on `app.state`, by name and type, instead of `request.app.state.
 
     async def handler(redis: RedisDep, sessions: SessionsDep, settings: DataSettingsDep): ...
 
-A service declares its own settings alias with `settings_dependency(ItsSettings)`.
+A service declares its own aliases: `settings_dependency(ItsSettings)` for its settings,
+`from_state("name", Type)` for an object its start-up put on `app.state`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .service_client import ServiceClient
 from .settings import BaseServiceSettings
 
 S = TypeVar("S", bound=BaseServiceSettings)
+T = TypeVar("T")
 
 
 def get_redis(request: Request) -> aioredis.Redis:
@@ -43,13 +45,20 @@ def get_secrets(request: Request) -> SecretStore:
     return request.app.state.secrets
 
 
-def settings_dependency(cls: type[S]) -> Callable[[Request], S]:
-    def get_settings(request: Request) -> S:
-        settings = request.app.state.settings
-        assert isinstance(settings, cls), f"app built with {type(settings).__name__}, not {cls.__name__}"
-        return settings
+def from_state(name: str, cls: type[T]) -> Callable[[Request], T]:
+    """A dependency answering `app.state.<name>`, which start-up put there as a `cls`."""
 
-    return get_settings
+    def get(request: Request) -> T:
+        value = getattr(request.app.state, name)
+        assert isinstance(value, cls), f"app.state.{name} is a {type(value).__name__}, not a {cls.__name__}"
+        return value
+
+    get.__name__ = f"get_{name}"
+    return get
+
+
+def settings_dependency(cls: type[S]) -> Callable[[Request], S]:
+    return from_state("settings", cls)
 
 
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]

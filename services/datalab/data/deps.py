@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
-from datalab.core.deps import RedisDep, settings_dependency
+from datalab.core.deps import RedisDep, from_state, settings_dependency
 
 from .datasets import DatasetFiles
 from .query_cache import QueryCache
@@ -17,18 +17,12 @@ from .settings import DataSettings
 SettingsDep = Annotated[DataSettings, Depends(settings_dependency(DataSettings))]
 
 
-def get_dataset_files(request: Request) -> DatasetFiles:
-    return request.app.state.dataset_files
-
-
-def get_scan_slots(request: Request) -> ScanSlots:
-    return request.app.state.scan_slots
 
 
 def get_query_cache(redis: RedisDep, settings: SettingsDep) -> QueryCache:
     return QueryCache(redis, settings.query_cache_ttl)
 
 
-DatasetFilesDep = Annotated[DatasetFiles, Depends(get_dataset_files)]
-ScanSlotsDep = Annotated[ScanSlots, Depends(get_scan_slots)]
+DatasetFilesDep = Annotated[DatasetFiles, Depends(from_state("dataset_files", DatasetFiles))]
+ScanSlotsDep = Annotated[ScanSlots, Depends(from_state("scan_slots", ScanSlots))]
 QueryCacheDep = Annotated[QueryCache, Depends(get_query_cache)]

@@ -9,27 +9,11 @@ from fastapi import Depends, Request
 
 from datalab.core.audit import client_ip
 from datalab.core.auth import TokenIssuer, TokenVerifier
-from datalab.core.deps import settings_dependency
+from datalab.core.deps import from_state, settings_dependency
 
 from .key_cache import KeyCache
 from .ratelimit import RateLimiter
 from .settings import GatewaySettings
-
-
-def get_token_issuer(request: Request) -> TokenIssuer:
-    return request.app.state.token_issuer
-
-
-def get_token_verifier(request: Request) -> TokenVerifier:
-    return request.app.state.token_verifier
-
-
-def get_key_cache(request: Request) -> KeyCache:
-    return request.app.state.key_cache
-
-
-def get_limiter(request: Request) -> RateLimiter:
-    return request.app.state.limiter
 
 
 def get_client_ip(request: Request) -> str:
@@ -39,8 +23,8 @@ def get_client_ip(request: Request) -> str:
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(settings_dependency(GatewaySettings))]
-TokenIssuerDep = Annotated[TokenIssuer, Depends(get_token_issuer)]
-TokenVerifierDep = Annotated[TokenVerifier, Depends(get_token_verifier)]
-KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
-LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+TokenIssuerDep = Annotated[TokenIssuer, Depends(from_state("token_issuer", TokenIssuer))]
+TokenVerifierDep = Annotated[TokenVerifier, Depends(from_state("token_verifier", TokenVerifier))]
+KeyCacheDep = Annotated[KeyCache, Depends(from_state("key_cache", KeyCache))]
+LimiterDep = Annotated[RateLimiter, Depends(from_state("limiter", RateLimiter))]
 ClientIpDep = Annotated[str, Depends(get_client_ip)]

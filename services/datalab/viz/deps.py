@@ -8,13 +8,9 @@ from fastapi import Depends, Request
 
 from datalab.contracts.data_client import DataClient
 from datalab.core.auth import bearer_token
-from datalab.core.deps import ServicesDep
+from datalab.core.deps import ServicesDep, from_state
 
 from .charts import Charts
-
-
-def get_charts(request: Request) -> Charts:
-    return request.app.state.charts
 
 
 def get_data_client(request: Request, services: ServicesDep) -> DataClient:
@@ -22,5 +18,5 @@ def get_data_client(request: Request, services: ServicesDep) -> DataClient:
     return DataClient(services, bearer_token(request))
 
 
-ChartsDep = Annotated[Charts, Depends(get_charts)]
+ChartsDep = Annotated[Charts, Depends(from_state("charts", Charts))]
 DataDep = Annotated[DataClient, Depends(get_data_client)]
