@@ -3,7 +3,6 @@ that dataset's charts."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import redis.asyncio as aioredis
@@ -19,17 +18,9 @@ async def follow_deletions(redis: aioredis.Redis, cache: ChartCache) -> None:
     """Drop a deleted dataset's charts, until cancelled. Only housekeeping: a missed event
     leaves images that expire with their TTL, and are never served (the metadata check
     answers 404)."""
-    while True:
-        try:
-            async with redis.pubsub() as pubsub:
-                await pubsub.subscribe(events.DATASET_DELETED)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        dataset_id = message["data"].decode()
-                        dropped = await cache.drop_dataset(dataset_id)
-                        log.info("charts dropped", extra={"dataset_id": dataset_id, "count": dropped})
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # Redis restarted, a timeout: subscribe again
-            log.warning("dataset-deleted subscription lost; resubscribing", extra={"error": str(exc)})
-            await asyncio.sleep(1)
+
+    async def drop(dataset_id: str) -> None:
+        dropped = await cache.drop_dataset(dataset_id)
+        log.info("charts dropped", extra={"dataset_id": dataset_id, "count": dropped})
+
+    await events.follow(redis, events.DATASET_DELETED, drop)
