@@ -34,7 +34,8 @@ test: install
 cleanroom:
 	scripts/cleanroom
 
-# Static checks of what needs VMs or Docker to run (Vagrantfile, scripts, Dockerfile).
+# Static checks: ruff, mypy and import-linter on the Python; what needs VMs or Docker to run
+# (Vagrantfile, scripts, Dockerfile).
 lint: install
 	scripts/lint
 
