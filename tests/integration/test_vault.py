@@ -314,7 +314,7 @@ def test_vault_role_is_not_a_superuser_and_pg_version_specific_settings(stack):
 def _service_metadata(svc: str):
     from importlib import import_module
 
-    return import_module(f"datalab.{svc}.models").Base.metadata
+    return import_module(f"datalab.{svc}.app").SPEC.metadata  # the tables the service owns
 
 
 @pytest.mark.parametrize("svc", vault.DATABASE_SERVICES)
