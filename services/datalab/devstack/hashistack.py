@@ -49,6 +49,9 @@ class ConsulDev:
         argv = [
             self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
             "-http-port", str(self.http_port), "-dns-port", "-1", "-grpc-port", "-1",
+            # -dev listens for gRPC-TLS on 8503 unless told: a second agent on the machine
+            # (another test's) would make this one fail with "address already in use".
+            "-grpc-tls-port", "-1",
             "-data-dir", str(root / "data"), "-node", "datalab-dev",
         ]
         for flag, port in ports.items():
