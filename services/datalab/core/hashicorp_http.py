@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 import requests
 import requests.adapters
+import urllib3
 
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -51,6 +52,12 @@ def tls_session(server_name: str | None) -> requests.Session | None:
     session = requests.Session()
     session.mount("https://", _ServerNameAdapter(server_name))
     return session
+
+
+def skipping_verify() -> None:
+    """The operator turned the certificate check off (`*_SKIP_VERIFY`): the CLIs say nothing
+    more about it, so neither does urllib3 on every request."""
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import nomad
 
-from .hashicorp_http import NOMAD, ClusterAccessError, go_bool, tls_session
+from .hashicorp_http import NOMAD, ClusterAccessError, go_bool, skipping_verify, tls_session
 from .hashicorp_http import access_error as _access_error
 
 DEFAULT_ADDR = "http://127.0.0.1:4646"
@@ -47,6 +47,8 @@ class NomadEnv:
         return False if self.skip_verify else (self.cacert or True)
 
     def client(self, timeout: int = 30) -> nomad.Nomad:
+        if self.skip_verify:
+            skipping_verify()
         return nomad.Nomad(
             # The whole URL: python-nomad would otherwise take NOMAD_ADDR over an explicit one.
             address=self.address,

@@ -37,7 +37,7 @@ from datalab.core.services import SERVICES
 
 from . import deploy
 from .flow import run_flow
-from .hashicorp_env import ConsulEnv, VaultEnv
+from .hashicorp_env import ConsulEnv, VaultEnv, acl_filtered_error
 
 DATA_LEASES = "database/creds/data/"
 # Nomad's template renews a lease at ~2/3 of its TTL and only then learns it was revoked;
@@ -89,6 +89,8 @@ class Cluster:
             r = http.get(f"{self.consul_addr}/v1/health/service/{name}", params={"passing": "1"}, headers=headers,
                          extensions={"sni_hostname": self.consul_server_name} if self.consul_server_name else None)
         r.raise_for_status()
+        if (hidden := acl_filtered_error(r.headers, self.consul_addr, self.consul_token)) is not None:
+            raise hidden
         return len(r.json())
 
     def http(self, **kw) -> httpx.Client:

@@ -282,6 +282,12 @@ def _consul_health(env: ConsulEnv) -> dict[str, str]:
 
     c = env.client()
     try:
+        # The raw answer first: with default-deny ACLs an empty list may mean "not allowed".
+        listing = c.http.get(lambda response: response, "/v1/catalog/services", headers=c.prepare_headers())
+        if listing.code in (401, 403):
+            raise consul.ACLPermissionDenied(listing.body)
+        if (hidden := env.filtered_error(listing.headers)) is not None:
+            raise hidden
         out = {}
         for name in c.catalog.services()[1]:
             entries = c.health.service(name)[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +21,15 @@ from urllib.parse import urlsplit
 import consul
 import hvac
 
-from datalab.core.hashicorp_http import CONSUL, VAULT, ClusterAccessError, access_error, go_bool, tls_session
+from datalab.core.hashicorp_http import (
+    CONSUL,
+    VAULT,
+    ClusterAccessError,
+    access_error,
+    go_bool,
+    skipping_verify,
+    tls_session,
+)
 
 CONSUL_DEFAULT_ADDR = "127.0.0.1:8500"
 VAULT_DEFAULT_ADDR = "http://127.0.0.1:8200"
@@ -76,6 +85,8 @@ class ConsulEnv:
         )
 
     def client(self) -> consul.Consul:
+        if self.verify is False:
+            skipping_verify()
         parts = urlsplit(self.url)
         c = consul.Consul(host=parts.hostname, port=parts.port or 8500, scheme=parts.scheme, verify=self.verify,
                           cert=self.cert)
@@ -90,6 +101,19 @@ class ConsulEnv:
 
     def access_error(self, exc: BaseException) -> ClusterAccessError | None:
         return access_error(exc, CONSUL, self.url)
+
+    def filtered_error(self, headers: Mapping[str, str]) -> ClusterAccessError | None:
+        return acl_filtered_error(headers, self.url, self.token)
+
+
+def acl_filtered_error(headers: Mapping[str, str], url: str, token: str | None) -> ClusterAccessError | None:
+    """Consul with default-deny ACLs answers a token without read rights with an empty list,
+    not a 403; its X-Consul-Results-Filtered-By-ACLs header says so, and this the one line."""
+    if str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() != "true":
+        return None
+    which = "the token given" if token else "no token (anonymous)"
+    return ClusterAccessError(f"consul: {url} hid results from {which} (ACLs): set {CONSUL.token_var} to a token "
+                              "with service:read and node:read", "denied")
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,8 @@ class VaultEnv:
         )
 
     def client(self) -> hvac.Client:
+        if self.verify is False:
+            skipping_verify()
         return hvac.Client(url=self.url, token=self.token, verify=self.verify, cert=self.cert,
                            session=tls_session(self.tls_server_name))
 
