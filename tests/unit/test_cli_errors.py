@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import ssl
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -24,36 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cli_run import one_line, probe_job, run_cli
 from datalab.devstack.servers import free_port
 
-HASHICORP_VARS = [name for name in os.environ if name.startswith(("NOMAD_", "CONSUL_", "VAULT_"))]
 SERVER_NAME = "nomad.test"  # the certificate's only name: 127.0.0.1 is not in it
-
-
-def run_cli(*argv: str, **env: str) -> subprocess.CompletedProcess:
-    """`datalab ...` as an operator runs it, with only the HashiCorp variables given."""
-    clean = {k: v for k, v in os.environ.items() if k not in HASHICORP_VARS}
-    return subprocess.run([sys.executable, "-m", "datalab.cli", *argv], env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
-
-
-def one_line(result: subprocess.CompletedProcess, *wanted: str) -> str:
-    """The single stderr line of a failed command, holding every `wanted` text."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for text in wanted:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
-
-@pytest.fixture
-def job_file(tmp_path: Path) -> Path:
-    path = tmp_path / "probe.nomad.hcl"
-    path.write_text('job "probe" {\n  group "g" {\n    task "t" {\n      driver = "raw_exec"\n'
-                    '      config {\n        command = "/bin/true"\n      }\n    }\n  }\n}\n')
-    return path
 
 
 @pytest.fixture
@@ -73,8 +43,8 @@ def test_nomad_addr_flag_wins_over_the_environment(closed):
     one_line(run_cli("status", "--nomad-addr", closed, NOMAD_ADDR=other), closed)
 
 
-def test_deploy_against_a_closed_port_says_so_once_not_refused_to_parse(closed, job_file):
-    result = run_cli("deploy", str(job_file), str(job_file), "--keep-going", NOMAD_ADDR=closed)
+def test_deploy_against_a_closed_port_says_so_once_not_refused_to_parse(closed, tmp_path):
+    result = run_cli("deploy", str(probe_job(tmp_path)), str(probe_job(tmp_path)), "--keep-going", NOMAD_ADDR=closed)
     line = one_line(result, "datalab deploy: nomad:", closed, "NOMAD_ADDR")
     assert "refused to parse" not in result.stdout + line
 
@@ -142,9 +112,9 @@ def test_status_over_untrusted_tls_names_nomad_cacert(tls_server):
     one_line(run_cli("status", NOMAD_ADDR=address), "datalab status: nomad: TLS", address, "NOMAD_CACERT")
 
 
-def test_deploy_over_untrusted_tls_names_nomad_cacert(tls_server, job_file):
+def test_deploy_over_untrusted_tls_names_nomad_cacert(tls_server, tmp_path):
     address = f"https://127.0.0.1:{tls_server['port']}"
-    one_line(run_cli("deploy", str(job_file), NOMAD_ADDR=address), "datalab deploy: nomad: TLS", address,
+    one_line(run_cli("deploy", str(probe_job(tmp_path)), NOMAD_ADDR=address), "datalab deploy: nomad: TLS", address,
              "NOMAD_CACERT")
 
 

@@ -103,7 +103,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _status_and_text(exc: BaseException) -> tuple[int | None, str]:
     """The HTTP status and body of a refused call, as the three client libraries keep it."""
-    response = getattr(exc, "nomad_resp", None) or getattr(exc, "response", None)
+    response = getattr(exc, "nomad_resp", None)
+    if response is None:  # (not `or`: a requests Response with an error status is falsy)
+        response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     text = getattr(response, "text", None)
     if status is None:  # py-consul and hvac raise by status, with the body as the message
@@ -129,7 +131,8 @@ def _tls_reason(text: str, product: Product, address: str) -> str:
     return f"check {product.address_var} and {product.cacert_var}"
 
 
-def access_error(exc: BaseException, product: Product, address: str) -> ClusterAccessError | None:
+def access_error(exc: BaseException, product: Product, address: str,
+                 token_given: bool | None = None) -> ClusterAccessError | None:
     """The one-line ClusterAccessError for `exc` when it is one of: the agent unreachable
     (refused, timed out), TLS failed (untrusted certificate, http to an https listener or the
     reverse, a client certificate wanted), the ACL token refused (401/403). None for any
@@ -162,6 +165,11 @@ def access_error(exc: BaseException, product: Product, address: str) -> ClusterA
         lowered = text.lower()
         if "not found" in lowered or "invalid" in lowered or "bad token" in lowered:
             hint = f"the token is not known there: set {product.token_var} to a valid token"
+        elif token_given is False:
+            hint = f"no token was given: set {product.token_var} to a token whose policy allows it"
+        elif token_given:
+            hint = (f"the token given is not known there or lacks the right: set {product.token_var} to a token "
+                    "whose policy allows it")
         else:
             hint = f"set {product.token_var} to a token whose policy allows it"
         return ClusterAccessError(f"{name}: {address} refused the call ({status} {text or 'permission denied'}): "

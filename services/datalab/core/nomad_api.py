@@ -60,14 +60,14 @@ class NomadEnv:
         )
 
     def access_error(self, exc: BaseException) -> ClusterAccessError | None:
-        return _access_error(exc, NOMAD, self.address)
+        return _access_error(exc, NOMAD, self.address, bool(self.token))
 
 
 def nomad_client(address: str | None = None, token: str | None = None) -> nomad.Nomad:
     return NomadEnv.from_env(address, token).client()
 
 
-def access_error(exc: BaseException, address: str) -> ClusterAccessError | None:
-    """The one line for a Nomad call that could not be made (unreachable, TLS, ACL); None
+def access_error(exc: BaseException, api: nomad.Nomad) -> ClusterAccessError | None:
+    """The one line for a call by `api` that could not be made (unreachable, TLS, ACL); None
     for any other failure."""
-    return _access_error(exc, NOMAD, address)
+    return _access_error(exc, NOMAD, str(api.address or DEFAULT_ADDR), bool(api.token))

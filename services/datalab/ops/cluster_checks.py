@@ -89,9 +89,10 @@ class Cluster:
             r = http.get(f"{self.consul_addr}/v1/health/service/{name}", params={"passing": "1"}, headers=headers,
                          extensions={"sni_hostname": self.consul_server_name} if self.consul_server_name else None)
         r.raise_for_status()
-        if (hidden := acl_filtered_error(r.headers, self.consul_addr, self.consul_token)) is not None:
+        passing = r.json()
+        if (hidden := acl_filtered_error(r.headers, not passing, self.consul_addr, self.consul_token)) is not None:
             raise hidden
-        return len(r.json())
+        return len(passing)
 
     def http(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, verify=self.http_verify, **kw)

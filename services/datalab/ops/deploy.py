@@ -82,7 +82,7 @@ def deploy_one(api: nomad.Nomad, path: Path, var_files: list[Path], variables: l
         job = parse_job(api, path, var_files, variables)
     except nomad.api.exceptions.BaseNomadException as exc:
         # Unreachable, TLS or ACL: no job can be deployed; the caller says so once.
-        if (denied := access_error(exc, _address(api))) is not None:
+        if (denied := access_error(exc, api)) is not None:
             raise denied from None
         return Outcome(path.name, False, f"Nomad refused to parse {path}: {_error_text(exc)}")
     job_id = job["ID"]
@@ -224,10 +224,6 @@ def deploy_many(make_client: Callable[[], nomad.Nomad], paths: list[Path], var_f
         return list(pool.map(one, paths))
 
 
-def _address(api: nomad.Nomad) -> str:
-    return str(api.address or NomadEnv.from_env().address)
-
-
 def _fail(command: str, error: ClusterAccessError) -> int:
     print(f"datalab {command}: {error}", file=sys.stderr, flush=True)
     return 1
@@ -242,7 +238,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     except ClusterAccessError as exc:
         return _fail("deploy", exc)
     except nomad.api.exceptions.BaseNomadException as exc:  # a later call (plan, register, follow)
-        if (denied := access_error(exc, env.address)) is None:
+        if (denied := env.access_error(exc)) is None:
             raise
         return _fail("deploy", denied)
     return 0 if all(o.ok for o in outcomes) else 1
@@ -263,7 +259,7 @@ def run_status(args: argparse.Namespace) -> int:
                 counts[alloc["ClientStatus"]] = counts.get(alloc["ClientStatus"], 0) + 1
             rows.append((job, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no allocations"))
     except nomad.api.exceptions.BaseNomadException as exc:
-        if (denied := access_error(exc, env.address)) is None:
+        if (denied := env.access_error(exc)) is None:
             raise
         return _fail("status", denied)
     try:
@@ -286,7 +282,7 @@ def _consul_health(env: ConsulEnv) -> dict[str, str]:
         listing = c.http.get(lambda response: response, "/v1/catalog/services", headers=c.prepare_headers())
         if listing.code in (401, 403):
             raise consul.ACLPermissionDenied(listing.body)
-        if (hidden := env.filtered_error(listing.headers)) is not None:
+        if (hidden := env.filtered_error(listing.headers, listing.body.strip() in ("", "{}"))) is not None:
             raise hidden
         out = {}
         for name in c.catalog.services()[1]:

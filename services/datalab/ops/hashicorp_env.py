@@ -100,19 +100,24 @@ class ConsulEnv:
         return _ssl_context(self.verify, self.cert)
 
     def access_error(self, exc: BaseException) -> ClusterAccessError | None:
-        return access_error(exc, CONSUL, self.url)
+        return access_error(exc, CONSUL, self.url, bool(self.token))
 
-    def filtered_error(self, headers: Mapping[str, str]) -> ClusterAccessError | None:
-        return acl_filtered_error(headers, self.url, self.token)
+    def filtered_error(self, headers: Mapping[str, str], empty: bool) -> ClusterAccessError | None:
+        return acl_filtered_error(headers, empty, self.url, self.token)
 
 
-def acl_filtered_error(headers: Mapping[str, str], url: str, token: str | None) -> ClusterAccessError | None:
-    """Consul with default-deny ACLs answers a token without read rights with an empty list,
-    not a 403; its X-Consul-Results-Filtered-By-ACLs header says so, and this the one line."""
-    if str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() != "true":
+def acl_filtered_error(headers: Mapping[str, str], empty: bool, url: str,
+                       token: str | None) -> ClusterAccessError | None:
+    """Consul with ACLs answers a token without read rights with an empty list, not a 403.
+    An answer is taken as hidden when Consul says it filtered it (X-Consul-Results-Filtered-
+    By-ACLs), or when it is empty, no token was given and the default policy is deny
+    (X-Consul-Default-Acl-Policy): then this is the one line; else None."""
+    filtered = str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
+    anonymous_denied = not token and empty and str(headers.get("X-Consul-Default-Acl-Policy", "")).lower() == "deny"
+    if not (filtered or anonymous_denied):
         return None
-    which = "the token given" if token else "no token (anonymous)"
-    return ClusterAccessError(f"consul: {url} hid results from {which} (ACLs): set {CONSUL.token_var} to a token "
+    which = "the token given" if token else "no token (anonymous, default policy deny)"
+    return ClusterAccessError(f"consul: {url} hid results from {which}: set {CONSUL.token_var} to a token "
                               "with service:read and node:read", "denied")
 
 
@@ -145,4 +150,4 @@ class VaultEnv:
                            session=tls_session(self.tls_server_name))
 
     def access_error(self, exc: BaseException) -> ClusterAccessError | None:
-        return access_error(exc, VAULT, self.url)
+        return access_error(exc, VAULT, self.url, bool(self.token))
