@@ -36,9 +36,10 @@ def _get_json(url: str, token: str | None = None, header: str = "X-Consul-Token"
 
 
 class ConsulDev:
-    """`consul agent -dev` on loopback with every port free-picked."""
+    """`consul agent -dev` on loopback with every port free-picked. With `acl_token` (a
+    UUID): ACLs on, default deny, that token the initial management token."""
 
-    def __init__(self, root: Path, binary: str | None = None):
+    def __init__(self, root: Path, binary: str | None = None, acl_token: str | None = None):
         found = binary or find_binary("consul")
         if found is None:
             raise FileNotFoundError("consul: not on PATH and not built (run tools/hashistack/build.sh consul)")
@@ -56,6 +57,9 @@ class ConsulDev:
         ]
         for flag, port in ports.items():
             argv += [flag, str(port)]
+        self.acl_token = acl_token
+        if acl_token:  # by a config file, not argv (ps shows argv to every user)
+            argv += ["-config-file", str(root / "acl.hcl")]
         self.process = Process("consul", argv, root / "consul.log")
 
     @property
@@ -67,6 +71,11 @@ class ConsulDev:
 
     def start(self, timeout: float = 30) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.acl_token:
+            acl = self.root / "acl.hcl"
+            acl.touch(mode=0o600)
+            acl.write_text(f'acl {{\n  enabled = true\n  default_policy = "deny"\n'
+                           f'  tokens {{\n    initial_management = "{self.acl_token}"\n  }}\n}}\n')
         self.process.start()
         wait_until(lambda: _get_json(f"{self.address}/v1/status/leader"), timeout, self.process, "electing a leader")
 
@@ -121,7 +130,7 @@ class NomadDev:
     """
 
     def __init__(self, root: Path, consul: ConsulDev | None, vault: OpenBaoDev | None, binary: str | None = None,
-                 host_volumes: dict[str, Path] | None = None):
+                 host_volumes: dict[str, Path] | None = None, acl: bool = False):
         found = binary or find_binary("nomad")
         if found is None:
             raise FileNotFoundError("nomad: not on PATH and not built (run tools/hashistack/build.sh nomad)")
@@ -133,6 +142,7 @@ class NomadDev:
             for name, path in (host_volumes or {}).items()
         )
         consul_block = f'consul {{\n  address = "127.0.0.1:{consul.http_port}"\n}}' if consul else ""
+        acl_block = "acl {\n  enabled = true\n}" if acl else ""
         vault_block = ""
         if vault is not None:
             vault_block = f"""
@@ -171,7 +181,11 @@ plugin "raw_exec" {{
 }}
 {consul_block}
 {vault_block}
+{acl_block}
 """
+        # With ACLs on, start() bootstraps them: this is the management token's SecretID.
+        self.acl = acl
+        self.management_token: str | None = None
         self.process = Process(
             "nomad", [self.binary, "agent", "-dev", "-config", str(root / "agent.hcl")], root / "nomad.log"
         )
@@ -189,11 +203,22 @@ plugin "raw_exec" {{
         (self.root / "agent.hcl").write_text(self.config)
         self.process.start()
 
+        if self.acl:
+            wait_until(lambda: _get_json(f"{self.address}/v1/status/leader"), timeout, self.process,
+                       "electing a leader")
+            wait_until(self._bootstrap_acl, timeout, self.process, "bootstrapping its ACLs")
+
         def client_ready() -> bool:
-            nodes = _get_json(f"{self.address}/v1/nodes")
+            nodes = _get_json(f"{self.address}/v1/nodes", self.management_token, "X-Nomad-Token")
             return bool(nodes) and nodes[0]["Status"] == "ready"
 
         wait_until(client_ready, timeout, self.process, "with a ready client node")
+
+    def _bootstrap_acl(self) -> bool:
+        req = urllib.request.Request(f"{self.address}/v1/acl/bootstrap", data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            self.management_token = json.loads(resp.read())["SecretID"]
+        return True
 
     def stop(self) -> None:
         self.process.stop(30)

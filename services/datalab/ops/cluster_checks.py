@@ -19,6 +19,8 @@ build on the earlier ones).
 from __future__ import annotations
 
 import os
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +31,13 @@ import httpx
 import hvac
 import nomad
 
+from datalab.core.hashicorp_http import ClusterAccessError
+from datalab.core.nomad_api import NomadEnv
 from datalab.core.services import SERVICES
 
 from . import deploy
 from .flow import run_flow
+from .hashicorp_env import ConsulEnv, VaultEnv, acl_filtered_error
 
 DATA_LEASES = "database/creds/data/"
 # Nomad's template renews a lease at ~2/3 of its TTL and only then learns it was revoked;
@@ -67,7 +72,8 @@ class Cluster:
     vault: hvac.Client
     consul_addr: str
     consul_token: str | None = None
-    consul_verify: bool | str = True
+    consul_verify: bool | str | ssl.SSLContext = True
+    consul_server_name: str | None = None  # CONSUL_TLS_SERVER_NAME
     http_verify: bool | str = True
     admin_user: str = "admin"
     job_dir: Path = Path("jobs")
@@ -79,10 +85,14 @@ class Cluster:
 
     def passing(self, name: str) -> int:
         headers = {"X-Consul-Token": self.consul_token} if self.consul_token else {}
-        r = httpx.get(f"{self.consul_addr}/v1/health/service/{name}", params={"passing": "1"},
-                      headers=headers, verify=self.consul_verify, timeout=10)
+        with httpx.Client(verify=self.consul_verify, timeout=10) as http:
+            r = http.get(f"{self.consul_addr}/v1/health/service/{name}", params={"passing": "1"}, headers=headers,
+                         extensions={"sni_hostname": self.consul_server_name} if self.consul_server_name else None)
         r.raise_for_status()
-        return len(r.json())
+        passing = r.json()
+        if (hidden := acl_filtered_error(r.headers, not passing, self.consul_addr, self.consul_token)) is not None:
+            raise hidden
+        return len(passing)
 
     def http(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, verify=self.http_verify, **kw)
@@ -314,26 +324,67 @@ def add_arguments(p) -> None:
     p.add_argument("--timeout", type=float, default=600, help="seconds per deployment (canary fault)")
 
 
+# What each check calls besides Traefik: the preflight asks only those.
+NEEDS = {"services": {"consul"}, "vault-credentials": {"vault"}, "reschedule": {"nomad", "consul"},
+         "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"}}
+
+
+def preflight(c: Cluster, nomad_env: NomadEnv, consul_env: ConsulEnv, vault_env: VaultEnv,
+              needed: set[str]) -> None:
+    """One cheap call to each product the checks need, so that an unreachable agent, a TLS
+    failure or a refused token is one line naming the address and what to set, before any
+    check starts. Raises ClusterAccessError."""
+    calls = {
+        "nomad": (lambda: c.nomad.jobs.get_jobs(), nomad_env.access_error),
+        "consul": (lambda: c.passing("traefik"), consul_env.access_error),
+        "vault": (lambda: c.vault.auth.token.lookup_self(), vault_env.access_error),
+    }
+    for product in ("nomad", "consul", "vault"):
+        if product not in needed:
+            continue
+        call, explain = calls[product]
+        try:
+            call()
+        except Exception as exc:
+            denied = explain(exc)
+            if denied is not None:
+                raise denied from None
+            raise
+
+
 def run(args) -> int:
-    """Everything from the environment HashiCorp's own CLIs read: NOMAD_ADDR/NOMAD_TOKEN/
-    NOMAD_CACERT, CONSUL_HTTP_ADDR/CONSUL_HTTP_TOKEN/CONSUL_CACERT, VAULT_ADDR/VAULT_TOKEN/
-    VAULT_CACERT. The admin password: DATALAB_ADMIN_PASSWORD, else Vault's kv/datalab/gateway."""
-    vault_client = hvac.Client(url=os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200"),
-                               token=os.environ.get("VAULT_TOKEN"), verify=os.environ.get("VAULT_CACERT") or True)
-    password = os.environ.get("DATALAB_ADMIN_PASSWORD") or vault_client.secrets.kv.v2.read_secret_version(
-        path="datalab/gateway", mount_point="kv", raise_on_deleted_version=True)["data"]["data"]["admin_password"]
-    consul_addr = os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
-    if "://" not in consul_addr:  # Consul's CLI accepts host:port
-        consul_addr = ("https://" if os.environ.get("CONSUL_HTTP_SSL") == "true" else "http://") + consul_addr
-    cluster = Cluster(
-        base_url=args.url, admin_password=password, nomad=deploy.client(), vault=vault_client,
-        consul_addr=consul_addr, consul_token=os.environ.get("CONSUL_HTTP_TOKEN"),
-        consul_verify=os.environ.get("CONSUL_CACERT") or True, http_verify=args.cacert or True,
-        job_dir=args.jobs_dir, var_files=[Path(f) for f in args.var_file] or [args.jobs_dir / "vars" / "vagrant.hcl"],
-        variables=args.var, deploy_timeout=args.timeout,
-    )
-    say(f"cluster-test against {args.url} (Nomad {os.environ.get('NOMAD_ADDR', 'http://127.0.0.1:4646')}, "
-        f"Consul {consul_addr}, Vault {vault_client.url})")
+    """Everything from the environment HashiCorp's own CLIs read (core/nomad_api.py,
+    ops/hashicorp_env.py: NOMAD_ADDR/NOMAD_TOKEN/NOMAD_CACERT..., CONSUL_HTTP_ADDR/
+    CONSUL_HTTP_TOKEN/CONSUL_CACERT..., VAULT_ADDR/VAULT_TOKEN/VAULT_CACERT...). The admin
+    password: DATALAB_ADMIN_PASSWORD, else Vault's kv/datalab/gateway."""
+    checks = args.check or [name for name, _ in CHECKS]
+    needed = set().union(*(NEEDS.get(name, set()) for name in checks))
+    try:
+        nomad_env, consul_env, vault_env = NomadEnv.from_env(), ConsulEnv.from_env(), VaultEnv.from_env()
+        vault_client = vault_env.client()
+        password = os.environ.get("DATALAB_ADMIN_PASSWORD")
+        if not password:
+            try:
+                password = vault_client.secrets.kv.v2.read_secret_version(
+                    path="datalab/gateway", mount_point="kv", raise_on_deleted_version=True,
+                )["data"]["data"]["admin_password"]
+            except Exception as exc:
+                denied = vault_env.access_error(exc)
+                if denied is not None:
+                    raise denied from None
+                raise
+        cluster = Cluster(
+            base_url=args.url, admin_password=str(password), nomad=nomad_env.client(), vault=vault_client,
+            consul_addr=consul_env.url, consul_token=consul_env.token, consul_verify=consul_env.ssl_context(),
+            consul_server_name=consul_env.tls_server_name, http_verify=args.cacert or True,
+            job_dir=args.jobs_dir, variables=args.var, deploy_timeout=args.timeout,
+            var_files=[Path(f) for f in args.var_file] or [args.jobs_dir / "vars" / "vagrant.hcl"],
+        )
+        preflight(cluster, nomad_env, consul_env, vault_env, needed)
+    except ClusterAccessError as exc:
+        print(f"datalab cluster-test: {exc}", file=sys.stderr, flush=True)
+        return 1
+    say(f"cluster-test against {args.url} (Nomad {nomad_env.address}, Consul {consul_env.url}, Vault {vault_env.url})")
     passed, lines = run_checks(cluster, args.check)
     print("\n".join(["", "cluster-test summary:", *(f"  {line}" for line in lines),
                      f"  {'PASS' if passed else 'FAIL'}"]), flush=True)

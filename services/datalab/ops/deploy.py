@@ -4,24 +4,31 @@ deploy: for each job file, Nomad parses it (its own HCL2 parser, with the var-fi
 plans it (the diff is shown), registers it and follows the deployment until it is healthy
 or failed; canaries are promoted with --promote. A batch or system job has no deployment:
 its allocations are followed instead. Exit status is non-zero with the reason on failure.
+
+Both take Nomad's and Consul's settings from the environment their CLIs read
+(core/nomad_api.py, ops/hashicorp_env.py). A call that cannot be made (agent unreachable,
+TLS failed, token refused) ends the command with one line on stderr naming the address and
+what to set, exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import nomad
 
-from datalab.core.nomad_api import nomad_client as client
+from datalab.core.hashicorp_http import ClusterAccessError
+from datalab.core.nomad_api import NomadEnv, access_error
+from datalab.core.nomad_api import nomad_client as client  # noqa: F401  # deploy.client: e2e, cluster_checks
+
+from .hashicorp_env import ConsulEnv
 
 
 def parse_job(api: nomad.Nomad, path: Path, var_files: list[Path], variables: list[str]) -> dict:
@@ -74,6 +81,9 @@ def deploy_one(api: nomad.Nomad, path: Path, var_files: list[Path], variables: l
     try:
         job = parse_job(api, path, var_files, variables)
     except nomad.api.exceptions.BaseNomadException as exc:
+        # Unreachable, TLS or ACL: no job can be deployed; the caller says so once.
+        if (denied := access_error(exc, api)) is not None:
+            raise denied from None
         return Outcome(path.name, False, f"Nomad refused to parse {path}: {_error_text(exc)}")
     job_id = job["ID"]
     plan = api.job.plan_job(job_id, {"Job": job}, diff=True)
@@ -214,35 +224,66 @@ def deploy_many(make_client: Callable[[], nomad.Nomad], paths: list[Path], var_f
         return list(pool.map(one, paths))
 
 
+def _fail(command: str, error: ClusterAccessError) -> int:
+    print(f"datalab {command}: {error}", file=sys.stderr, flush=True)
+    return 1
+
+
 def run_deploy(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.jobs] or sorted(Path("jobs").glob("*.nomad.hcl"))
-    outcomes = deploy_many(lambda: client(args.nomad_addr), paths, [Path(f) for f in args.var_file], args.var,
-                           args.promote, args.timeout, args.parallel, args.keep_going)
+    env = NomadEnv.from_env(args.nomad_addr)
+    try:
+        outcomes = deploy_many(env.client, paths, [Path(f) for f in args.var_file], args.var,
+                               args.promote, args.timeout, args.parallel, args.keep_going)
+    except ClusterAccessError as exc:
+        return _fail("deploy", exc)
+    except nomad.api.exceptions.BaseNomadException as exc:  # a later call (plan, register, follow)
+        if (denied := env.access_error(exc)) is None:
+            raise
+        return _fail("deploy", denied)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
 def run_status(args: argparse.Namespace) -> int:
-    api = client(args.nomad_addr)
-    consul_health = _consul_health(args.consul_addr)
-    for job in sorted(api.jobs.get_jobs(), key=lambda j: j["ID"]):
-        if job.get("ParentID"):
-            continue  # a dispatched child; its parent is listed
-        counts: dict[str, int] = {}
-        for alloc in api.job.get_allocations(job["ID"]):
-            counts[alloc["ClientStatus"]] = counts.get(alloc["ClientStatus"], 0) + 1
-        allocs = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no allocations"
+    """Nomad's jobs and allocations with Consul's health beside them. Nomad unusable: one
+    line, exit 1. Consul unusable: Nomad's view is still listed, then one line, exit 1."""
+    env = NomadEnv.from_env(args.nomad_addr)
+    api = env.client()
+    try:
+        rows = []
+        for job in sorted(api.jobs.get_jobs(), key=lambda j: j["ID"]):
+            if job.get("ParentID"):
+                continue  # a dispatched child; its parent is listed
+            counts: dict[str, int] = {}
+            for alloc in api.job.get_allocations(job["ID"]):
+                counts[alloc["ClientStatus"]] = counts.get(alloc["ClientStatus"], 0) + 1
+            rows.append((job, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no allocations"))
+    except nomad.api.exceptions.BaseNomadException as exc:
+        if (denied := env.access_error(exc)) is None:
+            raise
+        return _fail("status", denied)
+    try:
+        consul_health, consul_error = _consul_health(ConsulEnv.from_env(args.consul_addr)), None
+    except ClusterAccessError as exc:
+        consul_health, consul_error = {}, exc
+    for job, allocs in rows:
         health = consul_health.get(job["ID"], "")
         print(f"{job['ID']:<16} {job['Type']:<8} {job['Status']:<8} {allocs:<28} {health}")
-    return 0
+    return 0 if consul_error is None else _fail("status", consul_error)
 
 
-def _consul_health(address: str | None) -> dict[str, str]:
+def _consul_health(env: ConsulEnv) -> dict[str, str]:
+    """Each service's passing count; ClusterAccessError when Consul cannot be asked."""
     import consul
 
-    parts = urlsplit(address or os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"))
+    c = env.client()
     try:
-        c = consul.Consul(host=parts.hostname, port=parts.port or 8500, scheme=parts.scheme or "http",
-                          token=os.environ.get("CONSUL_HTTP_TOKEN"))
+        # The raw answer first: with default-deny ACLs an empty list may mean "not allowed".
+        listing = c.http.get(lambda response: response, "/v1/catalog/services", headers=c.prepare_headers())
+        if listing.code in (401, 403):
+            raise consul.ACLPermissionDenied(listing.body)
+        if (hidden := env.filtered_error(listing.headers, listing.body.strip() in ("", "{}"))) is not None:
+            raise hidden
         out = {}
         for name in c.catalog.services()[1]:
             entries = c.health.service(name)[1]
@@ -251,9 +292,9 @@ def _consul_health(address: str | None) -> dict[str, str]:
             failing = f" ({','.join(sorted(set(checks)))})" if checks else ""
             out[name] = f"consul: {passing}/{len(entries)} passing{failing}"
         return out
-    except Exception as exc:  # status still lists Nomad's view
-        print(f"(consul not reachable: {exc})", file=sys.stderr)
-        return {}
+    except (consul.ConsulException, OSError) as exc:
+        # requests' errors are OSErrors; anything else here is a bug to see whole
+        raise env.access_error(exc) or ClusterAccessError(f"consul: {env.url}: {exc}") from None
 
 
 def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
@@ -269,5 +310,5 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nomad-addr", default=None)
+    p.add_argument("--nomad-addr", default=None, help="default: NOMAD_ADDR or http://127.0.0.1:4646")
     p.add_argument("--consul-addr", default=None, help="default: CONSUL_HTTP_ADDR or http://127.0.0.1:8500")

@@ -56,8 +56,11 @@ import hvac.exceptions
 import requests
 
 from datalab.core.auth import generate_keypair, new_api_key
+from datalab.core.hashicorp_http import ClusterAccessError
 from datalab.core.redis_users import SERVICE_USERS, acl_lines
 from datalab.core.services import DATABASE_SERVICES, SERVICES
+
+from .hashicorp_env import VaultEnv
 
 POLICY_DIR = Path(__file__).resolve().parent / "vault_policies"  # package data
 # Vault JWT role nomad-<key> (policy datalab-<key>) -> the workload-identity claims it is
@@ -498,7 +501,8 @@ def bootstrap(client: hvac.Client, opts: Options) -> Report:
     """Idempotent: a second run changes nothing and reports every step `unchanged`/`skipped`."""
     report = Report()
     if not client.is_authenticated():
-        raise BootstrapError(f"vault: the token is not valid at {client.url}")
+        raise BootstrapError(f"vault: the token is not valid at {client.url}: set VAULT_TOKEN (or "
+                             "--vault-token-file) to a token of that server with the datalab bootstrap rights")
     ensure_kv(client, opts, report)
     ensure_database(client, opts, report)
     ensure_policies(client, report)
@@ -519,7 +523,8 @@ def kv_json(client: hvac.Client, path: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault-addr", default=os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200"),
-                   help="Vault/OpenBao address (default: $VAULT_ADDR, else http://127.0.0.1:8200)")
+                   help="Vault/OpenBao address (default: $VAULT_ADDR, else http://127.0.0.1:8200); TLS from "
+                   "VAULT_CACERT/VAULT_CAPATH, VAULT_CLIENT_CERT/KEY, VAULT_SKIP_VERIFY, VAULT_TLS_SERVER_NAME")
     p.add_argument("--vault-token-file", help="file holding a Vault token (default: $VAULT_TOKEN)")
     p.add_argument("--vault-cacert", default=os.environ.get("VAULT_CACERT"),
                    help="CA bundle for a TLS Vault (default: $VAULT_CACERT)")
@@ -566,15 +571,18 @@ def run(args: argparse.Namespace) -> int:
             admin_password=_secret_arg(None, args.admin_password_file, None),
             default_ttl=args.default_ttl, max_ttl=args.max_ttl,
         )
-        client = hvac.Client(url=args.vault_addr, token=token, verify=args.vault_cacert or True)
-        print(f"vault bootstrap against {args.vault_addr}:", flush=True)
-        report = bootstrap(client, opts)
-    except (BootstrapError, hvac.exceptions.VaultError) as exc:
+        env = VaultEnv.from_env(args.vault_addr, token, args.vault_cacert)
+        print(f"vault bootstrap against {env.url}:", flush=True)
+        report = bootstrap(env.client(), opts)
+    except BootstrapError as exc:
         print(f"vault bootstrap failed: {exc}", file=sys.stderr)
         return 1
-    except requests.exceptions.RequestException as exc:
-        print(f"vault bootstrap failed: cannot reach Vault at {args.vault_addr} ({type(exc).__name__})",
-              file=sys.stderr)
+    except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+        # Unreachable ("cannot reach Vault at ..."), TLS or a refused token: the one line.
+        denied = env.access_error(exc)
+        if denied is None and not isinstance(exc, hvac.exceptions.VaultError):
+            denied = ClusterAccessError(f"cannot reach Vault at {env.url} ({type(exc).__name__})")
+        print(f"vault bootstrap failed: {denied or exc}", file=sys.stderr)
         return 1
     changed = len(report.changed)
     print(f"done: {changed} change(s)." if changed else "done: everything was already in place.")
