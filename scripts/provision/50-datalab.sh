@@ -121,6 +121,25 @@ EOF
 
 # ---- clients: the image ---------------------------------------------------------------------
 is_client || exit 0
+if is_container; then
+  # Nothing is built on a container node: every image the var-file names (image,
+  # postgres_image, redis_image, traefik_image) is loaded from the tarball scripts/cluster
+  # saved from the host's Docker into $CLUSTER/images/<name_tag>.tar.
+  images="$(sed -n 's/^[a-z_]*image *= *"\([^"]*\)".*/\1/p' "$REPO/$VAR_FILE")"
+  [[ -n $images ]] || die "no image = \"...\" in $VAR_FILE"
+  for image in $images; do
+    if docker image inspect "$image" >/dev/null 2>&1; then
+      say "unchanged image $image"
+      continue
+    fi
+    tarball="$CLUSTER/images/$(tr '/:' '__' <<<"$image").tar"
+    [[ -s $tarball ]] || die "no $tarball: scripts/cluster saves it from the host's Docker"
+    docker load --quiet --input "$tarball" >/dev/null
+    docker image inspect "$image" >/dev/null 2>&1 || die "$tarball did not hold $image"
+    say "image $image is loaded"
+  done
+  exit 0
+fi
 image="$(sed -n 's/^image *= *"\([^"]*\)".*/\1/p' "$REPO/jobs/vars/vagrant.hcl")"
 [[ -n $image ]] || die "no image = \"...\" in jobs/vars/vagrant.hcl"
 if [[ ! -f $REPO/scripts/build-image ]]; then

@@ -21,7 +21,7 @@ fi
 load_management_tokens
 
 readonly SRC=/opt/datalab/src DATALAB=/opt/datalab/.venv/bin/datalab
-readonly VARS="$SRC/jobs/vars/vagrant.hcl" CA_FILE=/etc/datalab/tls/ca.pem
+readonly VARS="$SRC/$VAR_FILE" CA_FILE=/etc/datalab/tls/ca.pem
 readonly VAULT_TOKEN_FILE="$ADMIN_DIR/vault-token" PG_URL_FILE="$ADMIN_DIR/pg-admin-url"
 # For `datalab deploy` (python-nomad reads them); tokens only ever in this process's env.
 export NOMAD_ADDR="$NOMAD_HTTP" NOMAD_CACERT="$CA_FILE" NOMAD_TOKEN="$NOMAD_MGMT"
