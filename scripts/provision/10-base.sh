@@ -19,7 +19,8 @@ apt_install ca-certificates curl gnupg jq openssl rsync python3-venv pciutils
 install_agent() { # install_agent TOOL VERSION
   local tool=$1 version=$2 have
   [[ -x $BIN_DIR/$tool ]] || die "no $BIN_DIR/$tool (scripts/cluster mounts it)"
-  have="$("$BIN_DIR/$tool" version | head -n 1)"
+  have="$("$BIN_DIR/$tool" version)" # whole (a `| head` can SIGPIPE it: pipefail fails the step)
+  have="${have%%$'\n'*}"
   [[ $have == *" v$version"* ]] || die "$BIN_DIR/$tool is $have, not the pinned $version (lib.sh)"
   copy_file "$BIN_DIR/$tool" "/usr/bin/$tool" 0755 root:root
 }
