@@ -9,7 +9,7 @@ UV := $(TOOLS)/uv/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 
-.PHONY: install up test cleanroom lint e2e bench hashistack clean jobs images
+.PHONY: install up test cleanroom lint e2e bench hashistack clean jobs images cluster cluster-down
 
 install: $(SYNCED)
 
@@ -58,6 +58,17 @@ images:
 # bootstrap, `datalab deploy`, then the platform flow through Traefik (services/datalab/devstack/e2e.py).
 e2e: install hashistack
 	$(VENV)/bin/python -m datalab.devstack.e2e
+
+# The Vagrantfile's cluster with containers for VMs (scripts/cluster): 1 or 3 servers
+# (DATALAB_SERVERS), 2 clients (+ DATALAB_GPU=1), provisioned by scripts/provision as the
+# VMs are, ACLs and TLS, the jobs deployed with jobs/vars/cluster.hcl; prints the versions
+# and scripts/cluster-test's PASS/FAIL lines, then tears it all down. Root; needs `make images`.
+cluster: install hashistack
+	scripts/cluster all
+
+# Whatever scripts/cluster created (containers, volumes, network: by label), and its state.
+cluster-down:
+	scripts/cluster down
 
 # Consul and Nomad from Go modules (tools/hashistack/README.md); seconds when cached.
 hashistack:

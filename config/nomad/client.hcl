@@ -10,7 +10,9 @@ bind_addr  = "0.0.0.0"
 client {
   enabled           = true
   servers           = ["nomad.service.consul:4647"]
-  network_interface = "eth1" # the private NIC (Vagrant: 192.168.56.0/21)
+  # network_interface: the private NIC, found by the node's IP, is in node.hcl only. Nomad
+  # loads a config dir in lexical order (node.hcl, then nomad.hcl): a value here would
+  # override the node's (seen: "invalid interface name eth1" on a node whose NIC is eth0).
   # Not under data_dir, which Nomad keeps 0700: raw_exec tasks run as an unprivileged user
   # and must reach their task dir. Provisioning creates /opt/nomad 0755 (Nomad makes
   # alloc_dir 0711).

@@ -9,7 +9,8 @@ bind_addr  = "0.0.0.0"
 
 server {
   enabled          = true
-  bootstrap_expect = 1 # provisioning: the number of servers (node.hcl)
+  # bootstrap_expect: the number of servers, in node.hcl only. Nomad loads a config dir in
+  # lexical order (node.hcl, then nomad.hcl): a value here would override the node's.
 }
 
 acl {

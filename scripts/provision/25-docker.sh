@@ -12,7 +12,9 @@ only_on client
 
 since="$(mark)"
 # docker-buildx: scripts/build-image needs BuildKit, which Docker >= 23 only drives through it.
-apt_install docker.io docker-buildx
+# A container node (Debian bookworm: no docker-buildx package) builds nothing: 50-datalab
+# loads the images.
+if is_container; then apt_install docker.io; else apt_install docker.io docker-buildx; fi
 # Logs rotated by Docker itself: Nomad reads them through its logmon, and a chatty task must
 # not fill a small VM disk.
 put_file /etc/docker/daemon.json 0644 root:root <<JSON

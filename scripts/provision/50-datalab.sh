@@ -121,6 +121,27 @@ EOF
 
 # ---- clients: the image ---------------------------------------------------------------------
 is_client || exit 0
+if is_container; then
+  # Nothing is built on a container node: every image the var-file names (image,
+  # postgres_image, redis_image, traefik_image) is loaded from the tarball scripts/cluster
+  # saved from the host's Docker into $CLUSTER/images/<name_tag>.tar, with its image id in
+  # <name_tag>.id: loaded when this node's Docker has another id (or none) for the tag.
+  images="$(sed -n 's/^[a-z_]*image *= *"\([^"]*\)".*/\1/p' "$REPO/$VAR_FILE")"
+  [[ -n $images ]] || die "no image = \"...\" in $VAR_FILE"
+  for image in $images; do
+    base="$CLUSTER/images/$(tr '/:' '__' <<<"$image")"
+    [[ -s $base.tar && -s $base.id ]] || die "no $base.tar: scripts/cluster saves it from the host's Docker"
+    if [[ "$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null)" == "$(<"$base.id")" ]]; then
+      say "unchanged image $image"
+      continue
+    fi
+    docker load --quiet --input "$base.tar" >/dev/null
+    [[ "$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null)" == "$(<"$base.id")" ]] ||
+      die "$base.tar did not hold $image $(<"$base.id")"
+    say "image $image is loaded"
+  done
+  exit 0
+fi
 image="$(sed -n 's/^image *= *"\([^"]*\)".*/\1/p' "$REPO/jobs/vars/vagrant.hcl")"
 [[ -n $image ]] || die "no image = \"...\" in jobs/vars/vagrant.hcl"
 if [[ ! -f $REPO/scripts/build-image ]]; then

@@ -46,7 +46,8 @@ fi
 unsealed() {
   seal_status "$1" || return 1
   [[ "$(jq -r .sealed <<<"$API_BODY")" == true ]] || return 0
-  jq '{key: .keys_b64[0]}' "$INIT_FILE" | api PUT "https://$1:8200/v1/sys/unseal"
+  # The init answer holds the shares as "keys" (hex) and "keys_base64".
+  jq '{key: .keys_base64[0]}' "$INIT_FILE" | api PUT "https://$1:8200/v1/sys/unseal"
   api_ok && [[ "$(jq -r .sealed <<<"$API_BODY")" == false ]]
 }
 for ip in "$NODE_IP" "${SERVER_IPS[@]}"; do # this server first: it leads a new cluster

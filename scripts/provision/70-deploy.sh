@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 70-deploy (bootstrap server; the last step of `vagrant up`, or on its own:
 # `vagrant provision server1 --provision-with deploy`): DataLab on the cluster, with the
-# project's own tools and jobs/vars/vagrant.hcl:
+# project's own tools and jobs/vars/vagrant.hcl (DATALAB_VAR_FILE: `make cluster` gives cluster.hcl):
 #
 # 1. wait for every client to be ready in Nomad (the Vagrantfile says how many);
 # 2. `datalab deploy` Traefik, PostgreSQL and Redis (they read their secrets from Vault,
@@ -21,15 +21,29 @@ fi
 load_management_tokens
 
 readonly SRC=/opt/datalab/src DATALAB=/opt/datalab/.venv/bin/datalab
-readonly VARS="$SRC/jobs/vars/vagrant.hcl" CA_FILE=/etc/datalab/tls/ca.pem
+readonly VARS="$SRC/$VAR_FILE" CA_FILE=/etc/datalab/tls/ca.pem
 readonly VAULT_TOKEN_FILE="$ADMIN_DIR/vault-token" PG_URL_FILE="$ADMIN_DIR/pg-admin-url"
 # For `datalab deploy` (python-nomad reads them); tokens only ever in this process's env.
 export NOMAD_ADDR="$NOMAD_HTTP" NOMAD_CACERT="$CA_FILE" NOMAD_TOKEN="$NOMAD_MGMT"
 
+# Ready, eligible, and with Consul and Vault fingerprinted: a client registers before its
+# Consul token exists (60-consul-acl) and before Vault is unsealed, and a job whose tasks use
+# them cannot be placed until the fingerprints catch up ("CANNOT PLACE
+# (${attr.consul.version} semver >= 1.8.0)": seen by `make cluster`).
+usable_client() { # usable_client NODE_ID
+  napi GET "/v1/node/$1"
+  api_ok && jq -e '.Attributes["consul.version"] and .Attributes["vault.version"]
+    and .Drivers.docker.Healthy' <<<"$API_BODY" >/dev/null
+}
 ready_clients() {
+  local ids id usable=0
   napi GET /v1/nodes
-  api_ok && (($(jq '[.[] | select(.Status == "ready" and .SchedulingEligibility == "eligible")] | length' \
-    <<<"$API_BODY") >= EXPECTED_CLIENTS))
+  api_ok || return 1
+  ids="$(jq -r '.[] | select(.Status == "ready" and .SchedulingEligibility == "eligible") | .ID' <<<"$API_BODY")"
+  for id in $ids; do
+    if usable_client "$id"; then usable=$((usable + 1)); fi
+  done
+  ((usable >= EXPECTED_CLIENTS))
 }
 if ! ready_clients; then
   say "waiting for $EXPECTED_CLIENTS Nomad clients to be ready"
@@ -38,12 +52,13 @@ if ! ready_clients; then
     if ((SECONDS > 600)); then
       napi GET /v1/nodes
       die "only $(jq -r '[.[] | select(.Status == "ready") | .Name] | join(", ")' <<<"$API_BODY") ready" \
+        "(with Consul, Vault and Docker fingerprinted)" \
         "of $EXPECTED_CLIENTS clients: bring them up (vagrant up), then: vagrant provision $NODE --provision-with deploy"
     fi
     sleep 5
   done
 fi
-say "$EXPECTED_CLIENTS Nomad clients ready"
+say "$EXPECTED_CLIENTS Nomad clients ready (Consul, Vault, Docker)"
 
 cd "$SRC"
 "$DATALAB" deploy --var-file "$VARS" jobs/traefik.nomad.hcl jobs/postgres.nomad.hcl jobs/redis.nomad.hcl

