@@ -8,8 +8,8 @@ data_dir   = "/opt/nomad/data"
 bind_addr  = "0.0.0.0"
 
 client {
-  enabled           = true
-  servers           = ["nomad.service.consul:4647"]
+  enabled = true
+  servers = ["nomad.service.consul:4647"]
   # network_interface: the private NIC, found by the node's IP, is in node.hcl only. Nomad
   # loads a config dir in lexical order (node.hcl, then nomad.hcl): a value here would
   # override the node's (seen: "invalid interface name eth1" on a node whose NIC is eth0).

@@ -8,7 +8,7 @@ data_dir   = "/opt/nomad/data"
 bind_addr  = "0.0.0.0"
 
 server {
-  enabled          = true
+  enabled = true
   # bootstrap_expect: the number of servers, in node.hcl only. Nomad loads a config dir in
   # lexical order (node.hcl, then nomad.hcl): a value here would override the node's.
 }
