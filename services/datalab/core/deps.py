@@ -9,14 +9,13 @@ A service declares its own aliases: `settings_dependency(ItsSettings)` for its s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .secret_files import SecretStore
 from .service_client import ServiceClient
 from .settings import BaseServiceSettings
 
@@ -32,17 +31,8 @@ def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     return request.app.state.sessions
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.sessions() as session:
-        yield session
-
-
 def get_services(request: Request) -> ServiceClient:
     return request.app.state.services
-
-
-def get_secrets(request: Request) -> SecretStore:
-    return request.app.state.secrets
 
 
 def from_state(name: str, cls: type[T]) -> Callable[[Request], T]:
@@ -63,6 +53,4 @@ def settings_dependency(cls: type[S]) -> Callable[[Request], S]:
 
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ServicesDep = Annotated[ServiceClient, Depends(get_services)]
-SecretsDep = Annotated[SecretStore, Depends(get_secrets)]
