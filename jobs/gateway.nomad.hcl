@@ -34,6 +34,11 @@ variable "traefik_image" {
   type        = string
   default     = "traefik:v3.7"
 }
+variable "edge_hostnames" {
+  description = "names on the traefik job's HTTPS certificate (the first is its CN), besides its client's IP, 127.0.0.1 and localhost; Vault's pki-edge role allows only `datalab vault bootstrap --edge-domain` names"
+  type        = list(string)
+  default     = ["traefik.service.consul"]
+}
 variable "venv" {
   description = "raw_exec: the virtualenv holding the datalab command"
   type        = string

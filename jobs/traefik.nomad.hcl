@@ -36,6 +36,11 @@ variable "traefik_image" {
   type        = string
   default     = "traefik:v3.7"
 }
+variable "edge_hostnames" {
+  description = "names on the traefik job's HTTPS certificate (the first is its CN), besides its client's IP, 127.0.0.1 and localhost; Vault's pki-edge role allows only `datalab vault bootstrap --edge-domain` names"
+  type        = list(string)
+  default     = ["traefik.service.consul"]
+}
 variable "venv" {
   description = "raw_exec: the virtualenv holding the datalab command"
   type        = string
@@ -180,6 +185,15 @@ job "traefik" {
       # Consul task identity the token is empty and nothing changes.
       consul {}
 
+      # Its own role (bound on this job): it issues its HTTPS certificate from pki-edge,
+      # nothing else. The token is only for that template: no restart when it changes.
+      vault {
+        role         = "nomad-traefik"
+        change_mode  = "noop"
+        env          = false # the task reads rendered files, never Vault itself
+        disable_file = true  # nor a secrets/vault_token file: templates use Nomad's own copy
+      }
+
       dynamic "config" {
         for_each = var.driver == "docker" ? [1] : []
         content {
@@ -200,9 +214,8 @@ job "traefik" {
       # with this job's ports, its Consul and the web entrypoint's role (see https_edge).
       # In secrets/ (owned by the task's user), as it carries the task's Consul token.
       # Routers from Consul tags name no entrypoint: they join the asDefault ones (websecure,
-      # and web unless it redirects), never `ping`. websecure terminates TLS (Traefik's
-      # default certificate until a certificate resolver or a file-provider certificate is
-      # configured).
+      # and web unless it redirects), never `ping`. websecure terminates TLS with the edge
+      # certificate (the dynamic configuration below).
       template {
         destination = "secrets/traefik.yml"
         change_mode = "restart"
@@ -245,7 +258,7 @@ job "traefik" {
               strictChecks: [passing]
               refreshInterval: 2s
             file:
-              filename: "{{ env "NOMAD_TASK_DIR" }}/dynamic.yml"
+              filename: "{{ env "NOMAD_SECRETS_DIR" }}/dynamic.yml"
               watch: true
           log:
             level: INFO
@@ -258,14 +271,24 @@ job "traefik" {
         EOT
       }
 
-      # The shared middlewares, declared once: config/traefik/dynamic.yml. forwardAuth goes
-      # through Traefik's loopback `auth` entrypoint to a passing gateway instance (so any
-      # gateway may answer); no public router leads to /internal/, and the token it mints
-      # goes upstream only.
+      # The dynamic configuration: the shared middlewares, declared once
+      # (config/traefik/dynamic.yml: forwardAuth goes through Traefik's loopback `auth`
+      # entrypoint to a passing gateway instance, so any gateway may answer; no public
+      # router leads to /internal/, and the token it mints goes upstream only), and
+      # websecure's certificate, issued by Vault's edge CA (pki-edge, `datalab vault
+      # bootstrap`) for the edge's names, this client's IP and localhost. Inline (Traefik
+      # takes a PEM as certFile/keyFile), so that a renewed certificate changes this one
+      # watched file: Traefik swaps it in without a restart (change_mode noop). Nomad
+      # re-issues it at ~90% of its 24 h (consul-template's pkiCert); no cached copy on disk
+      # in PEM form, so a restarted task asks for a fresh one. In secrets/: it holds the key.
       template {
-        destination = "local/dynamic.yml"
-        change_mode = "noop" # Traefik watches the file
+        destination = "secrets/dynamic.yml"
+        change_mode = "noop"
+        perms       = "0400"
+        uid         = var.run_as_uid
+        gid         = var.run_as_gid
         data        = <<-EOT
+          {{- with pkiCert "pki-edge/issue/traefik" "common_name=${var.edge_hostnames[0]}" "alt_names=${join(",", var.edge_hostnames)},localhost" (printf "ip_sans=%s,127.0.0.1" (env "NOMAD_IP_https")) "ttl=24h" }}
           http:
             middlewares:
               auth:
@@ -278,9 +301,15 @@ job "traefik" {
                 retry:
                   attempts: 3
                   initialInterval: 100ms
+          tls:
+            stores:
+              default:
+                defaultCertificate:
+                  certFile: {{ .Cert | toJSON }}
+                  keyFile: {{ .Key | toJSON }}
+          {{- end }}
         EOT
       }
-
       resources {
         cpu    = local.resources.cpu
         memory = local.resources.memory

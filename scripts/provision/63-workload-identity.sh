@@ -117,6 +117,7 @@ report = boot.Report()
 print("vault bootstrap, without the database engine (70-deploy runs it whole):", flush=True)
 boot.ensure_kv(client, boot.Options(pg_admin_url=""), report)
 boot.ensure_policies(client, report)
+boot.ensure_edge_pki(client, boot.Options(pg_admin_url=""), report)  # the traefik job's certificate
 boot.ensure_jwt_auth(client, os.environ["NOMAD_ADDR"], report)
 PY
 
@@ -131,6 +132,8 @@ CONSUL_HTTP_ADDR=https://127.0.0.1:8501
 CONSUL_CACERT=.cluster/tls/ca.pem
 VAULT_ADDR=https://127.0.0.1:8200
 VAULT_CACERT=.cluster/tls/ca.pem
-DATALAB_URL=http://127.0.0.1:8080
+DATALAB_URL=https://127.0.0.1:8443
+# Traefik's certificate comes from Vault's edge CA (pki-edge), written by 70-deploy.
+DATALAB_CACERT=.cluster/edge-ca.pem
 EOF
 say "wrote .cluster/host.env"

@@ -60,6 +60,13 @@ if ! ready_clients; then
 fi
 say "$EXPECTED_CLIENTS Nomad clients ready (Consul, Vault, Docker)"
 
+# The edge CA (public): what clients of Traefik's HTTPS entrypoint trust (DATALAB_CACERT).
+api GET "$VAULT_HTTP/v1/pki-edge/ca/pem"
+api_ok || die "reading Vault's edge CA (pki-edge/ca/pem): HTTP $API_CODE (63-workload-identity creates it)"
+printf '%s\n' "$API_BODY" >"$CLUSTER/edge-ca.pem.partial"
+mv -f "$CLUSTER/edge-ca.pem.partial" "$CLUSTER/edge-ca.pem"
+say "wrote .cluster/edge-ca.pem (Vault's edge CA: Traefik's HTTPS certificate chains to it)"
+
 cd "$SRC"
 "$DATALAB" deploy --var-file "$VARS" jobs/traefik.nomad.hcl jobs/postgres.nomad.hcl jobs/redis.nomad.hcl
 
@@ -95,7 +102,7 @@ print(f"postgresql://postgres:{password}@{host}/datalab")' >"$PG_URL_FILE"
 
 cat <<EOF
 DataLab is deployed. From the host (ports forwarded to 127.0.0.1; CA: .cluster/tls/ca.pem):
-  Traefik   http://127.0.0.1:8080   https://127.0.0.1:8443
+  Traefik   https://127.0.0.1:8443 (CA: .cluster/edge-ca.pem)   http://127.0.0.1:8080 redirects to it
   Nomad     https://127.0.0.1:4646  Consul https://127.0.0.1:8501  Vault https://127.0.0.1:8200
   tokens    vagrant ssh $NODE -c 'sudo cat /root/.datalab/{nomad,consul}-bootstrap.json'   (root only)
   checks    set -a; . .cluster/host.env; set +a; scripts/cluster-test

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import hvac
 import hvac.exceptions
 import jwt as pyjwt
@@ -430,6 +431,44 @@ def test_gateway_is_denied_data_credentials_and_data_the_gateway_secrets(stack):
     with pytest.raises(hvac.exceptions.Forbidden):
         stack.token_for("data").secrets.kv.v2.read_secret_version(
             path="datalab/gateway", mount_point="kv", raise_on_deleted_version=True)
+
+
+# ---- the edge's certificate authority (pki-edge) -------------------------------------------------
+
+def _issue(client: hvac.Client, **params) -> dict:
+    return client.write_data(f"{vault.EDGE_PKI_MOUNT}/issue/{vault.EDGE_PKI_ROLE}", data=params)["data"]
+
+
+def test_traefik_issues_its_edge_certificate_and_nothing_else(stack):
+    """The traefik job's policy issues a server certificate for the edge's names and IPs,
+    chained to the CA anyone may fetch; a name outside --edge-domain is refused, as is a
+    wildcard, and no other job may issue at all."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    as_traefik = stack.token_for("traefik")
+    issued = _issue(as_traefik, common_name="traefik.service.consul", alt_names="localhost",
+                    ip_sans="192.168.56.21,127.0.0.1", ttl="24h")
+    cert = x509.load_pem_x509_certificate(issued["certificate"].encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"traefik.service.consul", "localhost"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"192.168.56.21", "127.0.0.1"}
+    assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == \
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    # The CA is public (no token) and signed the certificate.
+    ca_pem = httpx.get(f"{stack.bao.address}/v1/{vault.EDGE_PKI_MOUNT}/ca/pem").text
+    ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    assert ca.subject == cert.issuer and ca.subject.rfc4514_string() == f"CN={vault.EDGE_CA_NAME}"
+    cert.verify_directly_issued_by(ca)
+
+    for name in ("datalab.evil.example", "*.service.consul"):
+        with pytest.raises(hvac.exceptions.InvalidRequest):
+            _issue(as_traefik, common_name=name)
+    with pytest.raises(hvac.exceptions.Forbidden):  # the CA's own endpoints are not the job's
+        as_traefik.write_data(f"{vault.EDGE_PKI_MOUNT}/root/generate/internal", data={"common_name": "x"})
+    for svc in ("gateway", "data", "viz"):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            _issue(stack.token_for(svc), common_name="traefik.service.consul")
 
 
 # ---- Nomad workload identity (JWT auth) ----------------------------------------------------------

@@ -118,10 +118,15 @@ def test_each_task_has_its_own_vault_role_and_the_right_secrets(path):
     name, body = job_body(path)
     for group in groups(body).values():
         for task_name, task in tasks(group).items():
-            if name == "traefik":  # holds no secret, so asks Vault for nothing
-                assert "vault" not in task
-                continue
             vault = task["vault"][0]
+            if name == "traefik":  # its HTTPS certificate from the edge CA, nothing else
+                assert vault["role"] == "nomad-traefik" and vault.get("env") is False
+                templates = {t["destination"]: t for t in task["template"]}
+                secrets = [t["data"] for t in templates.values() if "secret " in t["data"] or "pkiCert" in t["data"]]
+                assert len(secrets) == 1 and 'pkiCert "pki-edge/issue/traefik"' in secrets[0]
+                assert templates["secrets/dynamic.yml"]["change_mode"] == "noop"  # Traefik watches it
+                assert templates["secrets/dynamic.yml"]["perms"] == "0400"
+                continue
             # compute's workers (and dispatched batch runs) have their own role: the API's
             # holds no platform API key.
             worker = (name, task_name) in (("compute", "worker"), ("compute-batch", "job"))
@@ -193,7 +198,7 @@ def test_each_vault_role_grants_exactly_what_its_tasks_render():
                     continue
                 role = task["vault"][0]["role"]
                 secrets = {m for t in task.get("template", [])
-                           for m in re.findall(r'secret "([^"]+)"', t["data"].replace('\\"', '"'))}
+                           for m in re.findall(r'(?:secret|pkiCert) "([^"]+)"', t["data"].replace('\\"', '"'))}
                 reads.setdefault(role, set()).update(secrets)
                 users.setdefault(role, set()).add((name, task_name))
     token = {"auth/token/renew-self", "auth/token/lookup-self"}
@@ -306,6 +311,25 @@ def test_secrets_belong_to_the_user_the_task_runs_as(path):
                 assert secrets and all((t["Uid"], t["Gid"]) == owner for t in secrets), task["Name"]
 
 
+def edge_dynamic_config(template: dict) -> dict:
+    """The traefik job's dynamic config as Traefik reads it, with a stand-in for what
+    pkiCert renders (the certificate and key, JSON strings), after checking that it asks
+    the edge CA for this client's IP and the edge's names."""
+    import yaml
+
+    text = template["EmbeddedTmpl"]
+    first, _, rest = text.partition("\n")
+    assert first.startswith('{{- with pkiCert "pki-edge/issue/traefik" "common_name=traefik.service.consul" '
+                            '"alt_names=traefik.service.consul,localhost" '
+                            '(printf "ip_sans=%s,127.0.0.1" (env "NOMAD_IP_https"))'), first
+    assert rest.rstrip().endswith("{{- end }}")
+    assert template["ChangeMode"] == "noop" and template["Perms"] == "0400"  # Traefik watches it; the key
+    body = rest.rstrip().removesuffix("{{- end }}").replace("{{ .Cert | toJSON }}", '"CERT PEM"')
+    config = yaml.safe_load(body.replace("{{ .Key | toJSON }}", '"KEY PEM"'))
+    assert config["tls"]["stores"]["default"]["defaultCertificate"] == {"certFile": "CERT PEM", "keyFile": "KEY PEM"}
+    return config
+
+
 @needs_nomad
 def test_traefik_static_config_rendered_by_nomad():
     import yaml
@@ -317,7 +341,7 @@ def test_traefik_static_config_rendered_by_nomad():
     assert task["Config"]["args"] == ["--configFile=${NOMAD_SECRETS_DIR}/traefik.yml"]
     static = next(t for t in task["Templates"] if t["DestPath"] == "secrets/traefik.yml")
     config = yaml.safe_load(static["EmbeddedTmpl"].replace('"{{ env "CONSUL_HTTP_TOKEN" }}"', '""')
-                            .replace('"{{ env "NOMAD_TASK_DIR" }}', '"/local'))
+                            .replace('"{{ env "NOMAD_SECRETS_DIR" }}', '"/secrets'))
     entry = config["entryPoints"]
     # One machine (raw_exec): plain HTTP on web, as the embedded platform; no redirect.
     assert {k: v for k, v in entry["web"].items() if k != "transport"} == {"address": ":18080", "asDefault": True}
@@ -331,7 +355,7 @@ def test_traefik_static_config_rendered_by_nomad():
     assert '{{ env "CONSUL_HTTP_TOKEN" }}' in static["EmbeddedTmpl"]
     ports = {p["Label"]: p["Value"] for p in job["TaskGroups"][0]["Networks"][0]["ReservedPorts"]}
     assert ports == {"http": 18080, "https": 18443, "ping": 18082}
-    dynamic = yaml.safe_load(next(t for t in task["Templates"] if t["DestPath"] == "local/dynamic.yml")["EmbeddedTmpl"])
+    dynamic = edge_dynamic_config(next(t for t in task["Templates"] if t["DestPath"] == "secrets/dynamic.yml"))
     assert set(dynamic["http"]["middlewares"]) == {"auth", "retry"}
     auth = dynamic["http"]["middlewares"]["auth"]["forwardAuth"]
     assert auth["address"] == "http://127.0.0.1:8083/internal/auth/verify" and auth["trustForwardHeader"] is False
@@ -347,7 +371,7 @@ def test_traefik_on_a_cluster_redirects_plain_http_to_https(var_file):
     (task,) = job["TaskGroups"][0]["Tasks"]
     templates = {t["DestPath"]: t["EmbeddedTmpl"] for t in task["Templates"]}
     static = yaml.safe_load(templates["secrets/traefik.yml"].replace('"{{ env "CONSUL_HTTP_TOKEN" }}"', '""')
-                            .replace('"{{ env "NOMAD_TASK_DIR" }}', '"/local'))
+                            .replace('"{{ env "NOMAD_SECRETS_DIR" }}', '"/secrets'))
     entry = static["entryPoints"]
     redirect = {"to": "websecure", "scheme": "https", "permanent": True}
     assert entry["web"]["http"]["redirections"]["entryPoint"] == redirect
@@ -355,7 +379,8 @@ def test_traefik_on_a_cluster_redirects_plain_http_to_https(var_file):
     assert entry["auth"]["address"] == "127.0.0.1:8083" and not entry["auth"].get("asDefault")
     assert_entrypoint_timeouts(entry)
     # forwardAuth goes through the loopback entrypoint: through web it would get the redirect.
-    auth = yaml.safe_load(templates["local/dynamic.yml"])["http"]["middlewares"]["auth"]["forwardAuth"]
+    dynamic = next(t for t in task["Templates"] if t["DestPath"] == "secrets/dynamic.yml")
+    auth = edge_dynamic_config(dynamic)["http"]["middlewares"]["auth"]["forwardAuth"]
     assert auth["address"] == "http://127.0.0.1:8083/internal/auth/verify"
 
 

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if not all(o.ok for o in outcomes):
             return 1
         cluster = Cluster(
-            base_url=f"http://127.0.0.1:{http_port}", admin_password=admin_password, nomad=api, vault=client,
+            base_url=f"http://127.0.0.1:{http_port}", tls_url=f"https://127.0.0.1:{https_port}",
+            admin_password=admin_password, nomad=api, vault=client,
             consul_addr=consul.address, job_dir=REPO / "jobs", var_files=var_files, variables=variables,
             deploy_timeout=args.timeout, db_users=lambda: {
                 r["usename"]

@@ -6,6 +6,7 @@ and their tokens) run the same ones, in this order:
 
 1. every service passing in Consul;
 2. the platform flow through Traefik (routes from Consul tags);
+   edge-tls: Traefik's HTTPS entrypoint serves a certificate from Vault's edge CA;
 3. the PostgreSQL credentials in use were issued by Vault (leases under database/creds/);
 4. fault: an allocation stops -> Nomad replaces it -> the flow passes again;
 5. fault: a changed job rolls out as a canary, promoted, under a load loop: 0 failed requests;
@@ -19,17 +20,21 @@ build on the earlier ones).
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import hvac
 import nomad
+from cryptography import x509
 
 from datalab.core.hashicorp_http import ClusterAccessError
 from datalab.core.nomad_api import NomadEnv
@@ -38,6 +43,7 @@ from datalab.core.services import SERVICES
 from . import deploy
 from .flow import run_flow
 from .hashicorp_env import ConsulEnv, VaultEnv, acl_filtered_error
+from .vault_bootstrap import EDGE_PKI_MOUNT
 
 DATA_LEASES = "database/creds/data/"
 # Nomad's template renews a lease at ~2/3 of its TTL and only then learns it was revoked;
@@ -82,6 +88,8 @@ class Cluster:
     deploy_timeout: float = 300
     # Who is connected to PostgreSQL (user names), when the caller can see it (make e2e).
     db_users: Callable[[], set[str]] | None = None
+    # Traefik's HTTPS entrypoint, when base_url is not it (make e2e: plain HTTP on web).
+    tls_url: str | None = None
 
     def passing(self, name: str) -> int:
         headers = {"X-Consul-Token": self.consul_token} if self.consul_token else {}
@@ -174,6 +182,26 @@ def flow(c: Cluster) -> str:
     report = run_flow(c.base_url, c.admin_user, c.admin_password, verify=c.http_verify)
     print("\n".join(report.lines()), flush=True)
     return f"platform flow through Traefik: {len(report.steps)} steps"
+
+
+def edge_tls(c: Cluster) -> str:
+    """websecure's certificate chains to Vault's edge CA (pki-edge/ca/pem, public) and names
+    the address it is reached at; the route answers through it."""
+    url = c.tls_url or c.base_url
+    if not url.startswith("https://"):
+        raise Skipped(f"no HTTPS entrypoint to check: {url} is plain HTTP (give --url https://...)")
+    ca_pem = c.vault.secrets.pki.read_ca_certificate(mount_point=EDGE_PKI_MOUNT)
+    context = ssl.create_default_context(cadata=ca_pem)  # this CA only: not the system's
+    with httpx.Client(base_url=url, verify=context, timeout=10) as http:
+        r = http.get("/api/v1/data/datasets")
+        assert r.status_code == 401, f"HTTPS {url}: HTTP {r.status_code}, want 401 (routed, no token)"
+        host = urlsplit(url).hostname
+    with socket.create_connection((host, urlsplit(url).port or 443), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+    left = cert.not_valid_after_utc - datetime.now(UTC)
+    return (f"{url}: certificate {cert.subject.rfc4514_string()} from {cert.issuer.rfc4514_string()} "
+            f"(Vault {EDGE_PKI_MOUNT}/), verified for {host}, {left.total_seconds() / 3600:.0f} h left")
 
 
 def vault_credentials(c: Cluster) -> str:
@@ -276,6 +304,7 @@ def _log_count(c: Cluster, job: str, needle: str) -> int | str:
 CHECKS: list[tuple[str, Callable[[Cluster], str]]] = [
     ("services", services_passing),
     ("flow", flow),
+    ("edge-tls", edge_tls),
     ("vault-credentials", vault_credentials),
     ("reschedule", reschedule),        # fault: an allocation stopped
     ("canary", canary_rollout),        # fault: a changed job rolled out
@@ -325,8 +354,8 @@ def add_arguments(p) -> None:
 
 
 # What each check calls besides Traefik: the preflight asks only those.
-NEEDS = {"services": {"consul"}, "vault-credentials": {"vault"}, "reschedule": {"nomad", "consul"},
-         "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"}}
+NEEDS = {"services": {"consul"}, "edge-tls": {"vault"}, "vault-credentials": {"vault"},
+         "reschedule": {"nomad", "consul"}, "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"}}
 
 
 def preflight(c: Cluster, nomad_env: NomadEnv, consul_env: ConsulEnv, vault_env: VaultEnv,

@@ -35,7 +35,7 @@ TRAEFIK_ADDRESSES = {"web": ":${local.http_port}", "websecure": ":${local.https_
 TRAEFIK_CONSUL = {"address": '${split("://", var.consul_addr)[1]}',
                   "scheme": '${split("://", var.consul_addr)[0]}',
                   "token": '{{ env "CONSUL_HTTP_TOKEN" }}'}
-TRAEFIK_DYNAMIC_FILE = '{{ env "NOMAD_TASK_DIR" }}/dynamic.yml'
+TRAEFIK_DYNAMIC_FILE = '{{ env "NOMAD_SECRETS_DIR" }}/dynamic.yml'
 TRAEFIK_FORWARD_AUTH = "http://127.0.0.1:${local.auth_port}/internal/auth/verify"
 WEB_ROLE = "${local.web_role}"  # the web entrypoint's role line (locals in the traefik job)
 

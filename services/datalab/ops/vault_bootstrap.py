@@ -21,6 +21,11 @@
 5. With a Nomad address: JWT auth at `jwt-nomad/` for Nomad workload identity, one role per
    job bound on `nomad_job_id` (compute's: per task, on `nomad_task` too: the API and the
    workers); without one the step is skipped, saying why.
+6. The edge's certificate authority: a PKI engine at `pki-edge/` with its own root (the key
+   is generated inside Vault and never leaves it) and one role, `traefik`, that issues
+   short-lived server certificates for the `--edge-domain` names, localhost and IP SANs:
+   the traefik job renders its HTTPS certificate from it (pkiCert), clients trust the CA
+   at `pki-edge/ca/pem` (unauthenticated, as any CA certificate is public).
 
 PostgreSQL 15 and >= 16 differ in what CREATEROLE gives the creator. Since 16 the creator is
 no longer a member of the roles it creates, so `vault` gets `createrole_self_grant = 'set,
@@ -76,11 +81,16 @@ ROLES = {
     "compute-worker": {"nomad_job_id": ["compute", "compute-batch"], "nomad_task": ["worker", "job"]},
     "postgres": {"nomad_job_id": ["postgres"]},  # the infra jobs (clusters; `make e2e` runs host processes)
     "redis": {"nomad_job_id": ["redis"]},
+    "traefik": {"nomad_job_id": ["traefik"]},  # issues its HTTPS certificate (pki-edge/issue/traefik)
 }
 KV_MOUNT = "kv"
 REDIS_SERVER_PATH = "datalab/redis-server"  # the redis job's ACL (hashes only)
 DB_MOUNT = "database"
 JWT_MOUNT = "jwt-nomad"
+EDGE_PKI_MOUNT = "pki-edge"
+EDGE_PKI_ROLE = "traefik"
+EDGE_CA_TTL = "87600h"  # the root's life (10 years); leaf certificates live hours
+EDGE_CA_NAME = "DataLab edge CA"
 CONNECTION = "datalab"
 VAULT_ROLE = "vault"  # the PostgreSQL role Vault's database engine logs in as
 DEFAULT_ROLE = "nomad-workloads"
@@ -103,6 +113,8 @@ class Options:
     admin_password: str | None = None
     default_ttl: str = "1h"
     max_ttl: str = "24h"
+    # Names the edge certificate may carry (and their subdomains), besides localhost and IPs.
+    edge_domains: tuple[str, ...] = ("service.consul",)
 
 
 @dataclass
@@ -461,7 +473,7 @@ def _matches(wanted: dict, have: dict | None) -> bool:
         return False
     for key, value in wanted.items():
         got = have.get(key)
-        if key in ("token_period", "token_explicit_max_ttl"):
+        if key in ("token_period", "token_explicit_max_ttl", "ttl", "max_ttl"):
             value, got = seconds(value), seconds(got if got is not None else 0)
         elif isinstance(value, list):
             got = list(got or [])
@@ -497,6 +509,39 @@ def ensure_jwt_auth(client: hvac.Client, nomad_addr: str, report: Report) -> Non
                    "unchanged" if same else ("created" if have is None else "updated"))
 
 
+def edge_role(opts: Options) -> dict:
+    """pki-edge/roles/traefik: server certificates only, for the edge's names, short-lived,
+    not stored (Nomad re-issues before expiry; nothing to revoke or tidy)."""
+    return {
+        "allowed_domains": list(opts.edge_domains), "allow_subdomains": True, "allow_bare_domains": True,
+        "allow_localhost": True, "allow_ip_sans": True, "allow_wildcard_certificates": False,
+        "server_flag": True, "client_flag": False, "key_type": "ec", "key_bits": 256,
+        "ttl": "24h", "max_ttl": "72h", "no_store": True,
+    }
+
+
+def ensure_edge_pki(client: hvac.Client, opts: Options, report: Report) -> None:
+    mount = EDGE_PKI_MOUNT
+    if f"{mount}/" not in _mounts(client):
+        client.sys.enable_secrets_engine("pki", path=mount, max_lease_ttl=EDGE_CA_TTL)
+        report.add(f"pki engine at {mount}/", "created")
+    else:
+        report.add(f"pki engine at {mount}/", "unchanged")
+    if client.list(f"{mount}/issuers"):
+        report.add(f"root CA {EDGE_CA_NAME!r} ({mount}/ca/pem)", "unchanged")
+    else:
+        client.write_data(f"{mount}/root/generate/internal",
+                          data={"common_name": EDGE_CA_NAME, "ttl": EDGE_CA_TTL, "key_type": "ec", "key_bits": 256})
+        report.add(f"root CA {EDGE_CA_NAME!r} ({mount}/ca/pem)", "created")
+    wanted = edge_role(opts)
+    have = _read(client, f"{mount}/roles/{EDGE_PKI_ROLE}")
+    same = _matches(wanted, have)
+    if not same:
+        client.write_data(f"{mount}/roles/{EDGE_PKI_ROLE}", data=wanted)
+    report.add(f"pki role {EDGE_PKI_ROLE} ({', '.join(opts.edge_domains)}, localhost, IPs)",
+               "unchanged" if same else ("created" if have is None else "updated"))
+
+
 def bootstrap(client: hvac.Client, opts: Options) -> Report:
     """Idempotent: a second run changes nothing and reports every step `unchanged`/`skipped`."""
     report = Report()
@@ -506,6 +551,7 @@ def bootstrap(client: hvac.Client, opts: Options) -> Report:
     ensure_kv(client, opts, report)
     ensure_database(client, opts, report)
     ensure_policies(client, report)
+    ensure_edge_pki(client, opts, report)
     if opts.nomad_addr:
         ensure_jwt_auth(client, opts.nomad_addr, report)
     else:
@@ -543,6 +589,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-password-file", help="the first admin's password (default: generated)")
     p.add_argument("--default-ttl", default="1h", help="database credentials' default TTL (default: 1h)")
     p.add_argument("--max-ttl", default="24h", help="database credentials' max TTL (default: 24h)")
+    p.add_argument("--edge-domain", action="append", dest="edge_domains",
+                   help="a domain the edge (Traefik) certificate may name, with its subdomains (repeatable; "
+                   "default: service.consul); localhost and IP addresses are always allowed")
 
 
 def _secret_arg(value: str | None, path: str | None, env: str | None) -> str | None:
@@ -570,6 +619,7 @@ def run(args: argparse.Namespace) -> int:
             vault_db_password=_secret_arg(None, args.vault_db_password_file, "DATALAB_VAULT_DB_PASSWORD"),
             admin_password=_secret_arg(None, args.admin_password_file, None),
             default_ttl=args.default_ttl, max_ttl=args.max_ttl,
+            edge_domains=tuple(args.edge_domains or Options.edge_domains),
         )
         env = VaultEnv.from_env(args.vault_addr, token, args.vault_cacert)
         print(f"vault bootstrap against {env.url}:", flush=True)
