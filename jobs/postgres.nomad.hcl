@@ -39,6 +39,11 @@ variable "edge_hostnames" {
   type        = list(string)
   default     = ["traefik.service.consul"]
 }
+variable "stateful_node" {
+  description = "postgres and redis: the Nomad node (name) holding their data; '' = any client with the host volume (every client declares one: an instance rescheduled elsewhere starts empty)"
+  type        = string
+  default     = ""
+}
 variable "venv" {
   description = "raw_exec: the virtualenv holding the datalab command"
   type        = string
@@ -128,7 +133,16 @@ job "postgres" {
     count          = 1 # one primary; its data lives on the host volume below
     shutdown_delay = "5s"
 
-    # Stateful: it stays on the node holding its volume (no spread, no migrate).
+    # Stateful: it stays on the node holding its volume (no spread, no migrate), the one
+    # var.stateful_node names when it names one.
+    dynamic "constraint" {
+      for_each = var.stateful_node == "" ? [] : [var.stateful_node]
+      content {
+        attribute = "${node.unique.name}"
+        value     = constraint.value
+      }
+    }
+
     volume "postgres" {
       type      = "host"
       source    = "postgres"

@@ -38,6 +38,11 @@ variable "edge_hostnames" {
   type        = list(string)
   default     = ["traefik.service.consul"]
 }
+variable "stateful_node" {
+  description = "postgres and redis: the Nomad node (name) holding their data; '' = any client with the host volume (every client declares one: an instance rescheduled elsewhere starts empty)"
+  type        = string
+  default     = ""
+}
 variable "venv" {
   description = "raw_exec: the virtualenv holding the datalab command"
   type        = string

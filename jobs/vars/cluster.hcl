@@ -39,3 +39,6 @@ gpu_count = 0
 # The image's USER (Dockerfile), owner of the rendered secrets/ files.
 run_as_uid = 10001
 run_as_gid = 10001
+# PostgreSQL and Redis stay on the client that holds their data (a client stopped elsewhere
+# loses none of it: scripts/cluster-test's client-stop fault stops another one).
+stateful_node = "client1"

@@ -25,3 +25,6 @@ gpu_count = 0 # DATALAB_GPU=1 adds a GPU client: deploy ai with --var gpu_count=
 # secrets/ files; /srv/datalab on the clients belongs to it (provisioning).
 run_as_uid = 10001
 run_as_gid = 10001
+# PostgreSQL and Redis stay on the client that holds their data (a client stopped elsewhere
+# loses none of it: scripts/cluster-test's client-stop fault stops another one).
+stateful_node = "client1"

@@ -29,7 +29,7 @@ from datalab.core.redis_users import SERVICE_USERS
 from datalab.core.services import SERVICES
 from datalab.ops import deploy
 from datalab.ops import vault_bootstrap as vault
-from datalab.ops.cluster_checks import Cluster, run_checks
+from datalab.ops.cluster_checks import CHECKS, CLUSTER_ONLY, Cluster, run_checks
 
 from .hashistack import REPO, ConsulDev, NomadDev, OpenBaoDev
 from .servers import Postgres, Redis, free_ports
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 for r in pg.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE usename LIKE 'v-%'")
             },
         )
-        passed, lines = run_checks(cluster, skips_fail=True)  # this stack is made to run them all
+        # This stack is made to run them all, but those a one-node dev stack has no shape for.
+        say(f"not here (make cluster runs them): {', '.join(CLUSTER_ONLY)}")
+        passed, lines = run_checks(cluster, [n for n, _ in CHECKS if n not in CLUSTER_ONLY], skips_fail=True)
         summary += lines
         if not passed:
             return 1

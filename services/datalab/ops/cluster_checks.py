@@ -13,16 +13,35 @@ and their tokens) run the same ones, in this order:
 6. fault: Vault revokes the data service's leases -> Nomad's template renders a fresh user at
    its next renewal, requests in the gap wait for it (core.db): 0 failed requests.
 
+On a secured cluster with several nodes (`make cluster`, Vagrant, real hosts) four more, the
+faults through the cluster's own --fault-command (scripts/cluster fault: stop-node NODE,
+start-node NODE, stop-vault, start-vault):
+
+7. acl-denied: anonymous calls to Nomad, Consul and Vault are refused; a job's own workload
+   identity (a probe job) cannot take another service's Vault role, read its paths, write
+   Consul KV or register a service it is not;
+8. vault-down: Vault stopped for 2 minutes -> services keep serving (paced load: 0 failed
+   requests); back and unsealed -> credentials are issued and renewed again;
+9. client-stop: a client stopped -> Nomad reschedules its allocations on the others, the
+   flow passes again (how long it took); then it is started again;
+10. leader-stop: the Nomad leader's server stopped (3 servers) -> a new leader, the jobs keep
+   running, a paced load through Traefik sees 0 failed requests; then it is started again.
+
 Each prints PASS or FAIL with what it saw; the first failure stops the run (later checks
 build on the earlier ones).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shlex
 import socket
 import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -90,6 +109,11 @@ class Cluster:
     db_users: Callable[[], set[str]] | None = None
     # Traefik's HTTPS entrypoint, when base_url is not it (make e2e: plain HTTP on web).
     tls_url: str | None = None
+    # The environments the checks were given (the anonymous calls drop their tokens).
+    nomad_env: NomadEnv | None = None
+    vault_env: VaultEnv | None = None
+    faults: Faults | None = None
+    vault_down_seconds: float = 120
 
     def passing(self, name: str) -> int:
         headers = {"X-Consul-Token": self.consul_token} if self.consul_token else {}
@@ -120,6 +144,28 @@ class Cluster:
     def routed(self) -> bool:
         with self.http(timeout=10) as http:
             return http.get("/api/v1/data/datasets").status_code == 401
+
+
+@dataclass
+class Faults:
+    """How this cluster stops and starts a node or Vault: `COMMAND stop-node NODE`,
+    `start-node NODE`, `stop-vault`, `start-vault` (scripts/cluster fault). It returns once
+    done: a started server's Vault unsealed, as after a reboot."""
+
+    command: list[str]
+
+    def __call__(self, *action: str) -> None:
+        say(f"fault: {' '.join(action)}")
+        done = subprocess.run([*self.command, *action], timeout=900, stdout=sys.stderr, check=False)
+        if done.returncode:
+            raise AssertionError(f"fault command {' '.join([*self.command, *action])!r} exited {done.returncode}")
+
+
+def _faults(c: Cluster) -> Faults:
+    if c.faults is None:
+        raise Skipped("no --fault-command: this cluster's nodes and Vault cannot be stopped from here "
+                      "(scripts/cluster fault does it for make cluster)")
+    return c.faults
 
 
 class LoadLoop:
@@ -301,6 +347,322 @@ def _log_count(c: Cluster, job: str, needle: str) -> int | str:
     return count
 
 
+# ---- faults of a secured multi-node cluster ---------------------------------------------
+
+PROBE_JOB = "acl-probe"
+# Runs on a client (raw_exec, the node's datalab virtualenv) with the probe job's own
+# workload identities; prints what each call got. Tokens stay in its environment.
+PROBE_SCRIPT = r"""
+import json, os, httpx
+vault, consul = os.environ["PROBE_VAULT_ADDR"], os.environ["PROBE_CONSUL_ADDR"]
+jwt = os.environ["NOMAD_TOKEN_vault_probe"]
+out = {}
+with httpx.Client(verify=os.environ["NOMAD_TASK_DIR"] + "/ca.pem", timeout=15) as v:
+    login = f"{vault}/v1/auth/jwt-nomad/login"
+    out["vault login as nomad-viz"] = v.post(login, json={"role": "nomad-viz", "jwt": jwt}).status_code
+    r = v.post(login, json={"jwt": jwt})
+    out["vault login (default role)"] = r.status_code
+    token = r.json()["auth"]["client_token"] if r.status_code == 200 else ""
+    out["vault policies"] = r.json()["auth"]["policies"] if token else []
+    for path in ("kv/data/datalab/gateway", "kv/data/datalab/shared", "kv/data/datalab/redis/worker",
+                 "database/creds/data"):
+        out[f"vault read {path}"] = v.get(f"{vault}/v1/{path}", headers={"X-Vault-Token": token}).status_code
+with httpx.Client(timeout=15) as c:
+    h = {"X-Consul-Token": os.environ.get("CONSUL_HTTP_TOKEN", "")}
+    out["consul token"] = bool(h["X-Consul-Token"])
+    out["consul kv write"] = c.put(f"{consul}/v1/kv/datalab/acl-probe", content=b"x", headers=h).status_code
+    out["consul register service data"] = c.put(f"{consul}/v1/agent/service/register", headers=h,
+        json={"Name": "data", "ID": "acl-probe-data", "Port": 1}).status_code
+print("ACL-PROBE " + json.dumps(out), flush=True)
+"""
+
+
+def _probe_job(consul_addr: str, vault_addr: str, ca_pem: str, venv: str) -> str:
+    script = PROBE_SCRIPT.replace("${", "$${").replace("%{", "%%{")
+    ca = ca_pem.replace("${", "$${").replace("%{", "%%{")
+    return f"""
+job "{PROBE_JOB}" {{
+  type = "batch"
+  group "probe" {{
+    restart {{
+      attempts = 0
+      mode     = "fail"
+    }}
+    reschedule {{
+      attempts  = 0
+      unlimited = false
+    }}
+    task "probe" {{
+      driver = "raw_exec"
+      config {{
+        command = "{venv}/bin/python"
+        args    = ["${{NOMAD_TASK_DIR}}/probe.py"]
+      }}
+      # Its own identities only: one for Vault's JWT login, its Consul token (task identity).
+      identity {{
+        name = "vault_probe"
+        aud  = ["vault.io"]
+        env  = true
+        ttl  = "10m"
+      }}
+      consul {{}}
+      env {{
+        PROBE_VAULT_ADDR  = "{vault_addr}"
+        PROBE_CONSUL_ADDR = "{consul_addr}"
+      }}
+      template {{
+        destination     = "local/probe.py"
+        left_delimiter  = "[[[["
+        right_delimiter = "]]]]"
+        data            = <<-EOT
+{script}
+        EOT
+      }}
+      template {{
+        destination     = "local/ca.pem"
+        left_delimiter  = "[[[["
+        right_delimiter = "]]]]"
+        data            = <<-EOT
+{ca}
+        EOT
+      }}
+      resources {{
+        cpu    = 100
+        memory = 128
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def _status(call: Callable[[], httpx.Response]) -> int:
+    try:
+        return call().status_code
+    except httpx.HTTPError as exc:
+        raise AssertionError(f"{type(exc).__name__}: {exc}") from None
+
+
+def acl_denied(c: Cluster) -> str:
+    if c.nomad_env is None or c.vault_env is None:
+        raise Skipped("no Nomad/Vault environment given (datalab cluster-test sets them)")
+    seen: dict[str, object] = {}
+    anonymous = dataclasses.replace(c.nomad_env, token=None).client()
+    try:
+        anonymous.jobs.get_jobs()
+        seen["nomad GET /v1/jobs"] = 200
+    except nomad.api.exceptions.URLNotAuthorizedNomadException:
+        seen["nomad GET /v1/jobs"] = 403
+    with httpx.Client(verify=c.consul_verify, timeout=10) as consul:
+        seen["consul GET /v1/kv/datalab?recurse"] = _status(lambda: consul.get(
+            f"{c.consul_addr}/v1/kv/datalab", params={"recurse": "true"}))
+        seen["consul PUT /v1/kv/datalab/x"] = _status(lambda: consul.put(f"{c.consul_addr}/v1/kv/datalab/x",
+                                                                           content=b"x"))
+        r = consul.get(f"{c.consul_addr}/v1/catalog/services")
+        seen["consul catalog services visible"] = sorted(set(r.json()) & {*SERVICES, "postgres", "vault"}) \
+            if r.status_code == 200 else r.status_code
+    vault_url = c.vault_env.url
+    with httpx.Client(verify=c.vault_env.verify, timeout=10) as vault:
+        for path in ("kv/data/datalab/gateway", "database/creds/data", f"{EDGE_PKI_MOUNT}/issue/traefik"):
+            url = f"{vault_url}/v1/{path}"
+            seen[f"vault GET {path}"] = _status(lambda url=url: vault.get(url))  # type: ignore[misc]
+    bad = {k: v for k, v in seen.items() if v not in (403, [])}
+    assert not bad, f"anonymous calls not refused: {bad}"
+
+    probe = _run_probe(c)
+    wanted = {"vault login as nomad-viz": (400, 403), "vault login (default role)": (200,),
+              "consul token": (True,), "consul kv write": (403,), "consul register service data": (403,)}
+    wanted |= {k: (403,) for k in probe if k.startswith("vault read ")}
+    wrong = {k: probe.get(k) for k, ok in wanted.items() if probe.get(k) not in ok}
+    if [p for p in probe.get("vault policies", []) if p != "default"]:
+        wrong["vault policies"] = probe["vault policies"]
+    assert not wrong, f"the probe job's identity got what it must not: {wrong} (all: {probe})"
+    return (f"anonymous: {len(seen)} calls refused (Nomad, Consul, Vault); job {PROBE_JOB}'s own identity: "
+            f"nomad-viz role refused ({probe['vault login as nomad-viz']}), default role -> "
+            f"{probe['vault policies']}, {sum(k.startswith('vault read') for k in probe)} other services' "
+            "Vault paths 403, Consul KV write 403, registering as data 403")
+
+
+def _run_probe(c: Cluster) -> dict:
+    assert c.vault_env is not None
+    ca_pem = Path(c.vault_env.verify).read_text() if isinstance(c.vault_env.verify, str) else ""
+    if not ca_pem:
+        raise Skipped("VAULT_CACERT is not set: the probe job needs the CA of Vault's certificate")
+    venv = next((v.split("=", 1)[1] for v in c.variables if v.startswith("venv=")), "/opt/datalab/.venv")
+    hcl = _probe_job("http://127.0.0.1:8500", c.vault_env.url, ca_pem, venv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{PROBE_JOB}.nomad.hcl"
+        path.write_text(hcl)
+        job = deploy.parse_job(c.nomad, path, [], [])
+    c.nomad.job.register_job(PROBE_JOB, {"Job": job})
+    try:
+        def finished() -> dict | None:
+            done = [a for a in c.nomad.job.get_allocations(PROBE_JOB) if a["ClientStatus"] in ("complete", "failed")]
+            return done[0] if done else None
+
+        alloc = wait(finished, 180, f"the {PROBE_JOB} job to finish")
+        log = deploy.task_log(c.nomad, alloc["ID"], "probe", "stdout", 100_000)
+        line = next((ln for ln in log.splitlines() if ln.startswith("ACL-PROBE ")), None)
+        if line is None:
+            err = deploy.task_log(c.nomad, alloc["ID"], "probe", "stderr", 4_000)
+            raise AssertionError(f"the probe printed nothing ({alloc['ClientStatus']}): {err[-600:]}")
+        return json.loads(line.removeprefix("ACL-PROBE "))
+    finally:
+        c.nomad.job.deregister_job(PROBE_JOB, purge=True)
+
+
+def vault_down(c: Cluster) -> str:
+    faults = _faults(c)
+    token = c.token()
+    dataset = _load_dataset(c, token, "vault-down.csv")
+    with LoadLoop(c, token, dataset, timeout=60) as load:
+        time.sleep(2)
+        faults("stop-vault")
+        stopped = time.monotonic()
+        try:
+            c.vault.sys.read_health_status(method="GET")
+            reachable = "still answering"
+        except Exception as exc:
+            reachable = type(exc).__name__
+        assert reachable != "still answering", "Vault still answers after stop-vault"
+        served_before = load.ok
+        time.sleep(max(0.0, c.vault_down_seconds - (time.monotonic() - stopped)))
+        down_for = time.monotonic() - stopped
+        served_down = load.ok - served_before
+        failed_down = len(load.failures)
+        faults("start-vault")
+        back = time.monotonic()
+        old = c.data_leases()
+        # Renewals resume: Nomad renews (or, past their TTL, replaces) the data service's lease.
+        wait(lambda: _lease_renewed_since(c, back), 180, "a data lease renewed or issued after Vault came back")
+        resumed = time.monotonic() - back
+        time.sleep(5)
+    assert not load.failures, f"{len(load.failures)} failed requests: {load.failures[:5]}"
+    assert served_down > 0, "no request was served while Vault was down"
+    _load_dataset(c, token, "after-vault.csv")
+    run_flow(c.base_url, c.admin_user, c.admin_password, verify=c.http_verify)
+    return (f"Vault down {down_for:.0f}s ({reachable}): {served_down} requests served meanwhile, {failed_down} failed; "
+            f"back and unsealed: data lease renewed/issued {resumed:.0f}s later ({len(old)} lease(s) listed); "
+            f"{load.ok} requests in all, 0 failed; the flow passes")
+
+
+def _lease_renewed_since(c: Cluster, since_monotonic: float) -> bool:
+    since = datetime.now(UTC).timestamp() - (time.monotonic() - since_monotonic)
+    for lease in c.data_leases():
+        try:
+            info = c.vault.sys.read_lease(lease_id=DATA_LEASES + lease)["data"]
+        except hvac.exceptions.VaultError:
+            continue
+        stamp = info.get("last_renewal") or info.get("issue_time")
+        if stamp and datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() > since:
+            return True
+    return False
+
+
+def _nodes(c: Cluster) -> list[dict]:
+    return [n for n in c.nomad.nodes.get_nodes() if n.get("Status") == "ready"]
+
+
+def _running_jobs_on(c: Cluster, node_id: str) -> set[str]:
+    return {a["JobID"] for a in c.nomad.node.get_allocations(node_id) if a["ClientStatus"] == "running"}
+
+
+STATEFUL = {"postgres", "redis"}
+
+
+def client_stop(c: Cluster) -> str:
+    faults = _faults(c)
+    edge_host = urlsplit(c.base_url).hostname
+    clients = _nodes(c)
+    if len(clients) < 2:
+        raise Skipped(f"{len(clients)} ready client(s): nowhere to reschedule")
+    candidates = [n for n in clients if not _running_jobs_on(c, n["ID"]) & STATEFUL]
+    # Not the client whose Traefik the checks go through, when another will do.
+    candidates.sort(key=lambda n: n.get("Address") == edge_host)
+    if not candidates:
+        raise Skipped("every client runs postgres or redis (set stateful_node): stopping one loses their data")
+    victim = candidates[0]
+    moved = sorted(_running_jobs_on(c, victim["ID"]) - {"traefik"})
+    base_url = c.base_url
+    if victim.get("Address") == edge_host:  # go through a surviving client's Traefik
+        other = next(n for n in clients if n["ID"] != victim["ID"])
+        base_url = c.base_url.replace(edge_host or "", other["Address"], 1)
+    faults("stop-node", victim["Name"])
+    stopped = time.monotonic()
+    try:
+        wait(lambda: c.nomad.node.get_node(victim["ID"])["Status"] == "down", 180,
+             f"Nomad to mark {victim['Name']} down")
+        down = time.monotonic() - stopped
+
+        def replaced() -> bool:
+            return all(any(a["ClientStatus"] == "running" and a["NodeID"] != victim["ID"]
+                           for a in c.nomad.job.get_allocations(job)) for job in moved)
+
+        wait(replaced, 300, f"{', '.join(moved)} running on another client")
+        wait(lambda: all(c.passing(s) > 0 for s in SERVICES), 180, "every service passing again")
+        flowed = wait(lambda: _flow_passes(c, base_url), 180, "the flow through Traefik again", interval=5)
+        healed = time.monotonic() - stopped
+    finally:
+        faults("start-node", victim["Name"])
+    wait(lambda: c.nomad.node.get_node(victim["ID"])["Status"] == "ready", 300, f"{victim['Name']} ready again")
+    return (f"{victim['Name']} stopped: marked down in {down:.0f}s; {', '.join(moved) or 'nothing'} rescheduled "
+            f"on the other client(s); the flow passes again {healed:.0f}s after the stop "
+            f"({len(flowed.steps)} steps); {victim['Name']} back and ready")
+
+
+def _flow_passes(c: Cluster, base_url: str):
+    try:
+        return run_flow(base_url, c.admin_user, c.admin_password, verify=c.http_verify)
+    except Exception as exc:
+        say(f"flow not yet: {type(exc).__name__}: {str(exc)[:160]}")
+        return None
+
+
+def leader_stop(c: Cluster) -> str:
+    faults = _faults(c)
+    if c.nomad_env is None:
+        raise Skipped("no Nomad environment given (datalab cluster-test sets it)")
+    servers = [m for m in c.nomad.agent.get_members()["Members"] if m.get("Status") == "alive"]
+    if len(servers) < 3:
+        raise Skipped(f"{len(servers)} Nomad server(s): stopping the leader leaves no quorum (DATALAB_SERVERS=3)")
+    leader_addr = c.nomad.status.leader.get_leader()
+    leader = next(m for m in servers if f"{m['Addr']}:{m['Tags']['port']}" == leader_addr)
+    node = leader["Name"].split(".")[0]  # server1.global
+    # Ask a server that stays up (NOMAD_ADDR may be the leader's): same scheme, port and CA.
+    ours = urlsplit(c.nomad_env.address)
+    survivor = next(m["Addr"] for m in servers if m["Name"] != leader["Name"])
+    via = dataclasses.replace(c.nomad_env, address=f"{ours.scheme}://{survivor}:{ours.port or 4646}").client()
+    running = {j["ID"] for j in via.jobs.get_jobs() if j["Status"] == "running"}
+    token = c.token()
+    dataset = _load_dataset(c, token, "leader.csv")
+    with LoadLoop(c, token, dataset, timeout=30) as load:
+        time.sleep(3)
+        faults("stop-node", node)
+        stopped = time.monotonic()
+        try:
+            def new_leader() -> str | None:
+                try:
+                    now = via.status.leader.get_leader()
+                except nomad.api.exceptions.BaseNomadException:  # no leader yet
+                    return None
+                return now if now and now != leader_addr else None
+
+            elected = wait(new_leader, 120, "a new Nomad leader")
+            took = time.monotonic() - stopped
+            time.sleep(20)  # the load goes on, the survivors lead
+            still = {j["ID"] for j in via.jobs.get_jobs() if j["Status"] == "running"}
+        finally:
+            faults("start-node", node)
+        wait(lambda: sum(m.get("Status") == "alive" for m in via.agent.get_members()["Members"]) >= len(servers),
+             180, f"{node} back in the Nomad cluster")
+        time.sleep(3)
+    assert running <= still, f"jobs no longer running: {sorted(running - still)}"
+    assert not load.failures, f"{len(load.failures)} failed requests: {load.failures[:5]}"
+    assert load.ok > 0, "the load loop made no request"
+    return (f"leader {node} ({leader_addr}) stopped: new leader {elected} in {took:.1f}s; {len(running)} jobs kept "
+            f"running; {load.ok} requests through Traefik meanwhile, 0 failed; {node} back")
+
+
 CHECKS: list[tuple[str, Callable[[Cluster], str]]] = [
     ("services", services_passing),
     ("flow", flow),
@@ -309,7 +671,13 @@ CHECKS: list[tuple[str, Callable[[Cluster], str]]] = [
     ("reschedule", reschedule),        # fault: an allocation stopped
     ("canary", canary_rollout),        # fault: a changed job rolled out
     ("revoke-lease", lease_revocation),  # fault: Vault revokes the data service's leases
+    ("acl-denied", acl_denied),        # anonymous calls, a job's own identity
+    ("vault-down", vault_down),        # fault: Vault stopped for 2 minutes
+    ("client-stop", client_stop),      # fault: a client node stopped
+    ("leader-stop", leader_stop),      # fault: the Nomad leader's server stopped
 ]
+# What a one-machine dev stack (make e2e: no ACLs, one node, -dev agents) cannot run.
+CLUSTER_ONLY = ("acl-denied", "vault-down", "client-stop", "leader-stop")
 
 
 def run_checks(c: Cluster, only: list[str] | None = None, skips_fail: bool = False) -> tuple[bool, list[str]]:
@@ -351,11 +719,19 @@ def add_arguments(p) -> None:
     p.add_argument("--check", action="append", choices=[name for name, _ in CHECKS],
                    help="run only these checks (repeatable; default: all, in order)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per deployment (canary fault)")
+    p.add_argument("--fault-command", default=os.environ.get("DATALAB_FAULT_COMMAND"),
+                   help="how this cluster stops/starts a node or Vault: called as CMD stop-node NODE, "
+                   "start-node NODE, stop-vault, start-vault (make cluster: 'scripts/cluster fault'; default: "
+                   "DATALAB_FAULT_COMMAND); without it those faults are skipped, saying so")
+    p.add_argument("--vault-down", type=float, default=120, help="seconds Vault stays down (vault-down fault)")
+    p.add_argument("--strict", action="store_true", help="a check that cannot run here fails the run (make cluster)")
 
 
 # What each check calls besides Traefik: the preflight asks only those.
 NEEDS = {"services": {"consul"}, "edge-tls": {"vault"}, "vault-credentials": {"vault"},
-         "reschedule": {"nomad", "consul"}, "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"}}
+         "reschedule": {"nomad", "consul"}, "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"},
+         "acl-denied": {"nomad", "consul", "vault"}, "vault-down": {"vault"}, "client-stop": {"nomad", "consul"},
+         "leader-stop": {"nomad"}}
 
 
 def preflight(c: Cluster, nomad_env: NomadEnv, consul_env: ConsulEnv, vault_env: VaultEnv,
@@ -408,13 +784,15 @@ def run(args) -> int:
             consul_server_name=consul_env.tls_server_name, http_verify=args.cacert or True,
             job_dir=args.jobs_dir, variables=args.var, deploy_timeout=args.timeout,
             var_files=[Path(f) for f in args.var_file] or [args.jobs_dir / "vars" / "vagrant.hcl"],
+            nomad_env=nomad_env, vault_env=vault_env, vault_down_seconds=args.vault_down,
+            faults=Faults(shlex.split(args.fault_command)) if args.fault_command else None,
         )
         preflight(cluster, nomad_env, consul_env, vault_env, needed)
     except ClusterAccessError as exc:
         print(f"datalab cluster-test: {exc}", file=sys.stderr, flush=True)
         return 1
     say(f"cluster-test against {args.url} (Nomad {nomad_env.address}, Consul {consul_env.url}, Vault {vault_env.url})")
-    passed, lines = run_checks(cluster, args.check)
+    passed, lines = run_checks(cluster, args.check, skips_fail=args.strict)
     print("\n".join(["", "cluster-test summary:", *(f"  {line}" for line in lines),
                      f"  {'PASS' if passed else 'FAIL'}"]), flush=True)
     return 0 if passed else 1
