@@ -18,6 +18,24 @@ client {
   # alloc_dir 0711).
   alloc_dir = "/opt/nomad/alloc"
 
+  # Templates (secrets, endpoints) ride out a Vault or Consul outage: retried without end
+  # (Nomad's default gives up after 12 attempts, ~6 min, and fails the task), and at most
+  # 5 s apart, so a credential Vault revoked while it was away (an expired lease) is
+  # replaced within seconds of its return, inside the 30 s requests wait for one
+  # (default max_backoff 1m: seen by make cluster's vault-down fault as a 58 s gap).
+  template {
+    vault_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "5s"
+    }
+    consul_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "5s"
+    }
+  }
+
   host_volume "datalab" {
     path      = "/srv/datalab"
     read_only = false

@@ -15,6 +15,24 @@ client {
   # task running as `datalab` could not enter its own task dir there ("fork/exec ...:
   # permission denied"). Nomad creates alloc_dir itself 0711.
   alloc_dir = "/tmp/datalab-nomad-dev-alloc"
+
+  # Templates (secrets, endpoints) ride out a Vault or Consul outage: retried without end
+  # (Nomad's default gives up after 12 attempts, ~6 min, and fails the task), and at most
+  # 5 s apart, so a credential Vault revoked while it was away (an expired lease) is
+  # replaced within seconds of its return, inside the 30 s requests wait for one
+  # (default max_backoff 1m: seen by make cluster's vault-down fault as a 58 s gap).
+  template {
+    vault_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "5s"
+    }
+    consul_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "5s"
+    }
+  }
   options = {
     # env_aws aborts the agent when AWS_CA_BUNDLE is set, and the cloud fingerprinters
     # probe 169.254.169.254: neither belongs on a dev agent.

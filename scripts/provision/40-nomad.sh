@@ -59,7 +59,10 @@ if is_client; then
   ensure_dir /opt/nomad 0755 root:root
   ensure_dir /srv/datalab 0750 datalab:datalab # the Docker tasks run as 10001:10001
   ensure_dir /srv/postgres 0755 root:root      # the image's entrypoint owns its PGDATA inside
-  ensure_dir /srv/redis 0755 root:root
+  # Owned by the redis image's user (uid/gid 999, official and images/redis alike), which the
+  # entrypoint gives /data at start: as root:root, a re-provision would take it back under
+  # a running Redis ("MISCONF ... unable to persist": seen by make cluster's vault-down).
+  ensure_dir /srv/redis 0750 999:999
   if [[ $GPU == 1 ]]; then
     ensure_dir /opt/nomad/plugins 0755 root:root # plugin_dir (client-gpu.hcl)
     if [[ $gpu_mode == passthrough && ! -x "$(p /opt/nomad/plugins/nomad-device-nvidia)" ]]; then

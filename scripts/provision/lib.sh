@@ -142,7 +142,9 @@ CHANGED=() # node paths put_file changed in this run
 mark() { printf '%s' "${#CHANGED[@]}"; }
 changed_since() { (($(mark) > $1)); }
 
-_owner_of() { stat -c '%U:%G' "$1"; }
+_owner_of() { # _owner_of PATH OWNER: PATH's owner, by name or by number as OWNER gives it
+  if [[ $2 =~ ^[0-9]+:[0-9]+$ ]]; then stat -c '%u:%g' "$1"; else stat -c '%U:%G' "$1"; fi
+}
 _mode_of() { stat -c '%a' "$1"; }
 
 # ensure_dir NODE_PATH MODE OWNER: create or fix; owners apply on a VM only (dry-run renders
@@ -155,7 +157,7 @@ ensure_dir() {
     say "created $dest/"
   fi
   [[ $(_mode_of "$real") == "${mode#0}" ]] || chmod "$mode" "$real"
-  dry || [[ $(_owner_of "$real") == "$owner" ]] || chown "$owner" "$real"
+  dry || [[ $(_owner_of "$real" "$owner") == "$owner" ]] || chown "$owner" "$real"
 }
 
 # put_file NODE_PATH MODE OWNER < content: replaced atomically when content, mode or owner
@@ -167,7 +169,7 @@ put_file() {
   tmp="$(mktemp "$(dirname "$real")/.put.XXXXXX")"
   cat >"$tmp"
   if [[ -f $real ]] && cmp -s "$tmp" "$real" && [[ $(_mode_of "$real") == "${mode#0}" ]] &&
-    { dry || [[ $(_owner_of "$real") == "$owner" ]]; }; then
+    { dry || [[ $(_owner_of "$real" "$owner") == "$owner" ]]; }; then
     rm -f "$tmp"
     say "unchanged $dest"
     return 0

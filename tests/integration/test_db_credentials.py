@@ -83,7 +83,9 @@ async def test_revoked_credential_waits_for_the_next_one(platform, tmp_path):
 
 
 async def test_rejected_credential_fails_after_the_wait_without_the_password(platform, tmp_path):
-    from sqlalchemy.exc import DBAPIError
+    """Still refused when the wait is over (Vault away longer than it): a 503 problem the
+    client may retry (Retry-After), never an internal error, and no password in it."""
+    from datalab.core.errors import Problem
 
     password = secrets.token_urlsafe(16)
     write_secret(tmp_path / "db.json", json.dumps({"username": f"nobody_{secrets.token_hex(4)}", "password": password}))
@@ -93,9 +95,27 @@ async def test_rejected_credential_fails_after_the_wait_without_the_password(pla
     )
     engine = create_db_engine(settings, SecretStore(tmp_path))
     try:
-        with pytest.raises(DBAPIError, match="password authentication failed") as err:
+        with pytest.raises(Problem) as err:
             async with engine.connect():
                 pass
-        assert password not in str(err.value)
+        assert err.value.status == 503 and err.value.headers == {"Retry-After": "5"}
+        assert "password authentication failed" in str(err.value.__cause__)
+        assert password not in str(err.value) and password not in str(err.value.__cause__)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_that_does_not_answer_is_a_503_problem(tmp_path):
+    from datalab.core.errors import Problem
+    from datalab.devstack.servers import free_port
+
+    write_secret(tmp_path / "db.json", json.dumps({"username": "u", "password": secrets.token_urlsafe(16)}))
+    settings = BaseServiceSettings(database_url=f"postgresql+asyncpg://127.0.0.1:{free_port()}/datalab")
+    engine = create_db_engine(settings, SecretStore(tmp_path))
+    try:
+        with pytest.raises(Problem) as err:
+            async with engine.connect():
+                pass
+        assert err.value.status == 503 and isinstance(err.value.__cause__, OSError)
     finally:
         await engine.dispose()

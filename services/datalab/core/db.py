@@ -24,10 +24,12 @@ from sqlalchemy import MetaData, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from .errors import Problem
 from .secret_files import DbCredential, SecretStore
 from .settings import BaseServiceSettings
 
 log = logging.getLogger("datalab.db")
+DB_UNAVAILABLE = "The database is not answering or refuses this service's credential; try again shortly."
 T = TypeVar("T")
 
 
@@ -65,14 +67,22 @@ def create_db_engine(settings: BaseServiceSettings, secrets: SecretStore) -> Asy
             cred = current()
             try:
                 return await asyncpg.connect(user=cred.username, password=cred.password, **connect_args)
-            except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+            except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
                 if loop.time() >= deadline:
-                    raise
+                    # No new credential in time (Vault away longer than the wait): the
+                    # request can be retried, so a 503 problem, not an internal error.
+                    log.error("database credential still rejected after %.0fs; answering 503", wait,
+                              extra={"db_user": cred.username})
+                    raise Problem(503, DB_UNAVAILABLE, headers={"Retry-After": "5"}) from exc
                 log.warning("database credential rejected (revoked?); waiting for a new one",
                             extra={"db_user": cred.username})
                 # Polls the file Nomad rewrites: there is no event to wait on.
                 while loop.time() < deadline and read() == cred:  # noqa: ASYNC110
                     await asyncio.sleep(0.25)
+            except (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
+                # PostgreSQL down, restarting or full: as for Redis, retry-able.
+                log.warning("database not answering", extra={"error": type(exc).__name__})
+                raise Problem(503, DB_UNAVAILABLE, headers={"Retry-After": "5"}) from exc
 
     return create_async_engine(
         url,

@@ -447,20 +447,25 @@ def acl_denied(c: Cluster) -> str:
     if c.nomad_env is None or c.vault_env is None:
         raise Skipped("no Nomad/Vault environment given (datalab cluster-test sets them)")
     seen: dict[str, object] = {}
-    anonymous = dataclasses.replace(c.nomad_env, token=None).client()
-    try:
-        anonymous.jobs.get_jobs()
-        seen["nomad GET /v1/jobs"] = 200
-    except nomad.api.exceptions.URLNotAuthorizedNomadException:
-        seen["nomad GET /v1/jobs"] = 403
+    # Plain HTTP clients with no token at all (python-nomad would fall back to NOMAD_TOKEN).
+    nomad_addr = c.nomad_env.address
+    with httpx.Client(verify=c.nomad_env.verify, timeout=10) as anonymous:
+        seen["nomad GET /v1/jobs"] = _status(lambda: anonymous.get(f"{nomad_addr}/v1/jobs"))
+        seen["nomad GET /v1/acl/tokens"] = _status(lambda: anonymous.get(f"{nomad_addr}/v1/acl/tokens"))
+    # A key that exists (written with the operator's token, removed after): KV reads of
+    # missing keys answer 404 whoever asks.
+    key = f"{c.consul_addr}/v1/kv/datalab/acl-check"
+    operator = {"X-Consul-Token": c.consul_token} if c.consul_token else {}
     with httpx.Client(verify=c.consul_verify, timeout=10) as consul:
-        seen["consul GET /v1/kv/datalab?recurse"] = _status(lambda: consul.get(
-            f"{c.consul_addr}/v1/kv/datalab", params={"recurse": "true"}))
-        seen["consul PUT /v1/kv/datalab/x"] = _status(lambda: consul.put(f"{c.consul_addr}/v1/kv/datalab/x",
-                                                                           content=b"x"))
-        r = consul.get(f"{c.consul_addr}/v1/catalog/services")
-        seen["consul catalog services visible"] = sorted(set(r.json()) & {*SERVICES, "postgres", "vault"}) \
-            if r.status_code == 200 else r.status_code
+        consul.put(key, content=b"operator", headers=operator).raise_for_status()
+        try:
+            seen["consul GET /v1/kv/datalab/acl-check"] = _status(lambda: consul.get(key))
+            seen["consul PUT /v1/kv/datalab/acl-check"] = _status(lambda: consul.put(key, content=b"x"))
+            r = consul.get(f"{c.consul_addr}/v1/catalog/services")
+            seen["consul catalog services visible"] = sorted(set(r.json()) & {*SERVICES, "postgres", "vault"}) \
+                if r.status_code == 200 else r.status_code
+        finally:
+            consul.delete(key, headers=operator)
     vault_url = c.vault_env.url
     with httpx.Client(verify=c.vault_env.verify, timeout=10) as vault:
         for path in ("kv/data/datalab/gateway", "database/creds/data", f"{EDGE_PKI_MOUNT}/issue/traefik"):
@@ -605,6 +610,8 @@ def client_stop(c: Cluster) -> str:
     finally:
         faults("start-node", victim["Name"])
     wait(lambda: c.nomad.node.get_node(victim["ID"])["Status"] == "ready", 300, f"{victim['Name']} ready again")
+    # Whole again for the next check: its Traefik (a system job) serving on it too.
+    wait(lambda: c.passing("traefik") >= len(clients), 180, f"Traefik passing on {victim['Name']} again")
     return (f"{victim['Name']} stopped: marked down in {down:.0f}s; {', '.join(moved) or 'nothing'} rescheduled "
             f"on the other client(s); the flow passes again {healed:.0f}s after the stop "
             f"({len(flowed.steps)} steps); {victim['Name']} back and ready")
