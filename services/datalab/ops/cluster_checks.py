@@ -221,7 +221,15 @@ def services_passing(c: Cluster) -> str:
     counts = {name: wait(lambda n=name: c.passing(n), 180, f"{name} passing in Consul")
               for name in [*SERVICES, "traefik"]}
     wait(c.routed, 90, "Traefik routing by Consul tags (401 without a token)")
-    return "every service passing in Consul: " + ", ".join(f"{n}={counts[n]}" for n in SERVICES)
+    # Which task driver runs each service (a cluster: docker; make e2e: raw_exec).
+    drivers = {name: {t["Driver"] for g in c.nomad.job.get_job(name)["TaskGroups"] for t in g["Tasks"]}
+               for name in SERVICES}
+    by_driver: dict[str, list[str]] = {}
+    for name, used in drivers.items():
+        for driver in used:
+            by_driver.setdefault(driver, []).append(name)
+    return ("every service passing in Consul: " + ", ".join(f"{n}={counts[n]}" for n in SERVICES)
+            + "; task drivers: " + "; ".join(f"{d}: {', '.join(names)}" for d, names in sorted(by_driver.items())))
 
 
 def flow(c: Cluster) -> str:
@@ -588,6 +596,9 @@ def client_stop(c: Cluster) -> str:
         raise Skipped("every client runs postgres or redis (set stateful_node): stopping one loses their data")
     victim = candidates[0]
     moved = sorted(_running_jobs_on(c, victim["ID"]) - {"traefik"})
+    if not set(moved) & set(SERVICES):
+        raise AssertionError(f"{victim['Name']} runs no DataLab service ({moved}): nothing would be rescheduled "
+                             "(counts of 2 spread one instance per client: jobs/vars/cluster.hcl)")
     base_url = c.base_url
     if victim.get("Address") == edge_host:  # go through a surviving client's Traefik
         other = next(n for n in clients if n["ID"] != victim["ID"])
@@ -735,7 +746,7 @@ def add_arguments(p) -> None:
 
 
 # What each check calls besides Traefik: the preflight asks only those.
-NEEDS = {"services": {"consul"}, "edge-tls": {"vault"}, "vault-credentials": {"vault"},
+NEEDS = {"services": {"consul", "nomad"}, "edge-tls": {"vault"}, "vault-credentials": {"vault"},
          "reschedule": {"nomad", "consul"}, "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"},
          "acl-denied": {"nomad", "consul", "vault"}, "vault-down": {"vault"}, "client-stop": {"nomad", "consul"},
          "leader-stop": {"nomad"}}
