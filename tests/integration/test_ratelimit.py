@@ -125,10 +125,16 @@ def nomad_traefik_configs(root: Path, urls: dict[str, str], ports: dict[str, int
     def render(text: str) -> str:
         text = re.sub(r"\$\{local\.(\w+)\}", lambda m: str(values[m.group(1)]), text)
         text = re.sub(r"\$\{split\([^}]*\}", "consul-unused", text)
-        return text.replace('{{ env "CONSUL_HTTP_TOKEN" }}', "").replace('{{ env "NOMAD_TASK_DIR" }}', str(root))
+        return text.replace('{{ env "CONSUL_HTTP_TOKEN" }}', "").replace('{{ env "NOMAD_SECRETS_DIR" }}', str(root))
 
     static = yaml.safe_load(render(templates["secrets/traefik.yml"]))
-    dynamic = yaml.safe_load(render(templates["local/dynamic.yml"]))
+    # The dynamic file wraps everything in the edge certificate's `with pkiCert` (no Vault
+    # here): without that block, and without the certificate (websecure is not used here).
+    body = templates["secrets/dynamic.yml"].strip().splitlines()
+    assert body[0].startswith("{{- with pkiCert ") and body[-1].strip() == "{{- end }}"
+    body_text = "\n".join(body[1:-1]).replace("{{ .Cert | toJSON }}", '""').replace("{{ .Key | toJSON }}", '""')
+    dynamic = yaml.safe_load(render(body_text))
+    del dynamic["tls"]
     del static["providers"]["consulCatalog"]  # no Consul here: its routers go to the file below
     for entry in static["entryPoints"].values():
         if entry["address"].startswith(":"):
