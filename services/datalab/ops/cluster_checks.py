@@ -746,7 +746,7 @@ def add_arguments(p) -> None:
 
 
 # What each check calls besides Traefik: the preflight asks only those.
-NEEDS = {"services": {"consul", "nomad"}, "edge-tls": {"vault"}, "vault-credentials": {"vault"},
+NEEDS = {"services": {"consul"}, "edge-tls": {"vault"}, "vault-credentials": {"vault"},
          "reschedule": {"nomad", "consul"}, "canary": {"nomad"}, "revoke-lease": {"vault", "nomad"},
          "acl-denied": {"nomad", "consul", "vault"}, "vault-down": {"vault"}, "client-stop": {"nomad", "consul"},
          "leader-stop": {"nomad"}}
