@@ -15,11 +15,12 @@ redis_image    = "datalab-redis:7.0"
 traefik_image  = "datalab-traefik:3.7.15"
 # Each Nomad client's Consul agent, on the docker bridge (a container's 127.0.0.1 is its own).
 consul_addr = "http://172.17.0.1:8500"
-# Two gateway and data instances, spread one per client: whichever client the client-stop
-# fault stops, something of DataLab's is rescheduled and the edge keeps an instance.
+# Two gateway instances (stateless), spread one per client: whichever client the
+# client-stop fault stops, something of DataLab's is rescheduled. One data instance: its
+# datasets live on its node's /srv/datalab host volume, which the other client cannot see.
 counts = {
   gateway = 2
-  data    = 2
+  data    = 1
   ai      = 1
   compute = 1
   workers = 1

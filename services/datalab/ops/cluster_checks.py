@@ -598,7 +598,7 @@ def client_stop(c: Cluster) -> str:
     moved = sorted(_running_jobs_on(c, victim["ID"]) - {"traefik"})
     if not set(moved) & set(SERVICES):
         raise AssertionError(f"{victim['Name']} runs no DataLab service ({moved}): nothing would be rescheduled "
-                             "(counts of 2 spread one instance per client: jobs/vars/cluster.hcl)")
+                             "(a count of 2 spreads one instance per client: jobs/vars/cluster.hcl)")
     base_url = c.base_url
     if victim.get("Address") == edge_host:  # go through a surviving client's Traefik
         other = next(n for n in clients if n["ID"] != victim["ID"])
