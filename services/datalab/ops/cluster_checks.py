@@ -621,8 +621,10 @@ def client_stop(c: Cluster) -> str:
     finally:
         faults("start-node", victim["Name"])
     wait(lambda: c.nomad.node.get_node(victim["ID"])["Status"] == "ready", 300, f"{victim['Name']} ready again")
-    # Whole again for the next check: its Traefik (a system job) serving on it too.
+    # Whole again for the next check: its Traefik (a system job) serving on it too, and
+    # believed by the services again (their trusted_proxies re-render from Consul).
     wait(lambda: c.passing("traefik") >= len(clients), 180, f"Traefik passing on {victim['Name']} again")
+    wait(lambda: _flow_passes(c, c.base_url), 120, f"the flow through {c.base_url} again", interval=5)
     return (f"{victim['Name']} stopped: marked down in {down:.0f}s; {', '.join(moved) or 'nothing'} rescheduled "
             f"on the other client(s); the flow passes again {healed:.0f}s after the stop "
             f"({len(flowed.steps)} steps); {victim['Name']} back and ready")
